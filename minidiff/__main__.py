@@ -1,0 +1,5 @@
+"""``python -m minidiff`` is the ``minidiff`` command."""
+
+from minidiff.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Frequency filters: a Gaussian low-pass and its complement.
+
+Used twice in the course: the classical Gaussian-blur denoiser of lesson 1.2 (the
+baseline a diffusion model has to beat) and hybrid images (lesson 1.9), where one
+prompt owns the low frequencies and another the high ones.
+
+    low_pass(x)  = G_sigma * x          (separable Gaussian convolution)
+    high_pass(x) = x - low_pass(x)      so low_pass(x) + high_pass(x) == x exactly
+
+Padding is ``reflect`` by default (no dark frame at the border); ``zeros`` and
+``replicate`` are available. Images are (B, C, H, W); every channel is filtered alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["gaussian_kernel1d", "gaussian_kernel", "gaussian_blur", "low_pass", "high_pass"]
+
+_PADDING = {"reflect": "reflect", "replicate": "replicate", "zeros": "constant", "circular": "circular"}
+
+
+def _check_kernel(kernel_size: int, sigma: float) -> None:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int (the kernel is centred), got {kernel_size!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+
+
+def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The normalised 1-D Gaussian g_i ~ exp(-i^2 / (2 sigma^2)), i = -k//2 .. k//2. Shape (k,)."""
+    _check_kernel(kernel_size, sigma)
+    i = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-(i**2) / (2 * sigma**2))
+    return (g / g.sum()).to(dtype)
+
+
+def gaussian_kernel(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 2-D Gaussian as the outer product of two 1-D ones; sums to 1. Shape (k, k)."""
+    g = gaussian_kernel1d(kernel_size, sigma, torch.float64)
+    return torch.outer(g, g).to(dtype)
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0, padding: str = "reflect") -> torch.Tensor:
+    """Blur each channel of x (B, C, H, W) with a Gaussian, as two 1-D passes.
+
+    Linear in x, and it keeps a constant image constant (the kernel sums to 1).
+    ``reflect`` padding needs the kernel radius to be smaller than H and W; ``zeros``
+    darkens the border, which is why it is not the default.
+    """
+    _check_kernel(kernel_size, sigma)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected an image batch (B, C, H, W), got {shape}")
+    if padding not in _PADDING:
+        raise ValueError(f"padding must be one of {sorted(_PADDING)}, got {padding!r}")
+    r = kernel_size // 2
+    h, w = x.shape[-2:]
+    if padding == "reflect" and (r >= h or r >= w):
+        raise ValueError(
+            f"reflect padding needs kernel_size // 2 < image size, got kernel_size={kernel_size} for "
+            f"a {h}x{w} image: use a smaller kernel or padding='replicate'"
+        )
+    b, c = x.shape[:2]
+    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    g = gaussian_kernel1d(kernel_size, sigma, work).to(x.device)
+    y = x.to(work).reshape(b * c, 1, h, w)
+    mode = _PADDING[padding]
+    y = F.pad(y, (r, r, r, r), mode=mode) if mode != "constant" else F.pad(y, (r, r, r, r))
+    y = F.conv2d(y, g.view(1, 1, 1, -1))  # along W
+    y = F.conv2d(y, g.view(1, 1, -1, 1))  # along H
+    return y.reshape(b, c, h, w).to(x.dtype)
+
+
+def low_pass(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0, padding: str = "reflect") -> torch.Tensor:
+    """The low frequencies of x: its Gaussian blur."""
+    return gaussian_blur(x, kernel_size, sigma, padding)
+
+
+def high_pass(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0, padding: str = "reflect") -> torch.Tensor:
+    """The high frequencies of x: x - low_pass(x), so the two always add back to x."""
+    return x - low_pass(x, kernel_size, sigma, padding)
