@@ -327,9 +327,12 @@ class DDPMSchedule:
         posterior = ((1 - ab_prev) / (1 - ab_t) * beta).clamp(min=1e-20)
         if v is None:
             return posterior.expand(batch) if posterior.ndim == 0 else posterior
-        frac = (v.float() + 1) / 2
-        log_var = frac * _per_sample(beta, v).log() + (1 - frac) * _per_sample(posterior, v).log()
-        return log_var.exp()
+        return self._learned_log_variance(v, beta, posterior).exp()
+
+    @staticmethod
+    def _learned_log_variance(v: torch.Tensor, beta: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
+        frac = (v + 1) / 2
+        return frac * _per_sample(beta, v).log() + (1 - frac) * _per_sample(posterior, v).log()
 
     def step(
         self,
@@ -376,8 +379,11 @@ class DDPMSchedule:
             noise = torch.randn(x_t.shape, generator=generator, device=device, dtype=x_t.dtype)
         else:
             _same_shape(x_t, noise, "x_t", "noise")
-        sigma = self.variance(t_idx, prev_idx, v.to(work) if v is not None else None, batch=batch).sqrt()
-        sigma = sigma if v is not None else _per_sample(sigma, x_t)
+        posterior = ((1 - ab_prev) / (1 - ab_t) * beta).clamp(min=1e-20)
+        if v is None:
+            sigma = posterior.sqrt()
+        else:  # exp(log var / 2), in the same order of operations as diffusers, for parity to 1e-5
+            sigma = (0.5 * self._learned_log_variance(v.to(work), beta.flatten(), posterior.flatten())).exp()
         noisy = _per_sample((t_idx > 0).to(device=device, dtype=work), x_t)
         return (mean + noisy * sigma.to(work) * noise.to(work)).to(x_t.dtype)
 
