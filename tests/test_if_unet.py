@@ -1,0 +1,186 @@
+"""The IF stage-1 UNet: parity with the reference on a tiny random checkpoint, loading, errors.
+
+tests/fixtures/if_tiny holds a checkpoint and outputs made by diffusers' UNet2DConditionModel
+(tools/make_if_fixtures.py) for a config with every stage-1 block type.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from minidiff.models.if_unet import IFUNet, find_weights_file, timestep_embedding
+
+TINY = Path(__file__).parent / "fixtures" / "if_tiny"
+TIMESTEPS = [0, 1, 250, 500, 999]
+
+
+@pytest.fixture(scope="module")
+def io() -> dict:
+    return load_file(str(TINY / "io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def unet() -> IFUNet:
+    return IFUNet.from_pretrained(TINY)
+
+
+def _copy_tiny(tmp_path: Path, state: dict | None = None) -> Path:
+    """A copy of the tiny checkpoint folder, optionally with a modified state dict."""
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    shutil.copy(TINY / "config.json", folder / "config.json")
+    if state is None:
+        shutil.copy(TINY / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.safetensors")
+    else:
+        save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("t", TIMESTEPS)
+def test_matches_diffusers_outputs_in_fp32(unet, io, t):
+    with torch.no_grad():
+        out = unet(io["sample"], t, io["encoder_hidden_states"])
+    ref = io[f"out_t{t}"]
+    assert out.shape == ref.shape == (2, 6, 16, 16)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_matches_diffusers_with_one_timestep_per_sample(unet, io):
+    with torch.no_grad():
+        out = unet(io["sample"], io["timesteps_per_sample"], io["encoder_hidden_states"])
+    assert (out - io["out_per_sample"]).abs().max().item() <= 1e-5
+
+
+def test_output_depends_on_text_and_time(unet, io):
+    x, text = io["sample"], io["encoder_hidden_states"]
+    with torch.no_grad():
+        base = unet(x, 500, text)
+        assert (unet(x, 500, text.flip(0)) - base).abs().max() > 1e-3
+        assert (unet(x, 10, text) - base).abs().max() > 1e-3
+
+
+def test_loaded_parameters_are_real_and_frozen(unet):
+    params = list(unet.parameters())
+    assert params and all(p.device.type == "cpu" and not p.requires_grad for p in params)
+    assert not unet.training
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loading_keeps_dtype(io, dtype):
+    unet = IFUNet.from_pretrained(TINY, dtype=dtype)
+    assert {p.dtype for p in unet.parameters()} == {dtype}
+    with torch.no_grad():
+        out = unet(io["sample"], 500, io["encoder_hidden_states"])  # fp32 inputs are cast
+    assert out.dtype == dtype
+    err = (out.float() - io["out_t500"]).abs().max().item()
+    assert err < (0.05 if dtype == torch.float16 else 0.2)
+
+
+def test_fp32_forward_after_fp16_load(tmp_path, io):
+    state = {k: v.half() for k, v in load_file(str(TINY / "diffusion_pytorch_model.safetensors")).items()}
+    folder = _copy_tiny(tmp_path)
+    save_file(state, str(folder / "diffusion_pytorch_model.fp16.safetensors"))
+    unet = IFUNet.from_pretrained(folder)  # the fp16 variant is preferred when no dtype is asked
+    assert unet.dtype == torch.float16
+    unet = unet.float()
+    with torch.no_grad():
+        out = unet(io["sample"], 250, io["encoder_hidden_states"])
+    assert out.dtype == torch.float32
+    assert (out - io["out_t250"]).abs().max().item() < 0.05  # only fp16 rounding of the weights
+    assert find_weights_file(folder, prefer_fp16=False).name == "diffusion_pytorch_model.safetensors"
+
+
+def test_missing_key_is_named(tmp_path):
+    state = load_file(str(TINY / "diffusion_pytorch_model.safetensors"))
+    del state["mid_block.attentions.0.to_q.weight"]
+    with pytest.raises(ValueError, match=r"1 missing key\(s\): mid_block\.attentions\.0\.to_q\.weight"):
+        IFUNet.from_pretrained(_copy_tiny(tmp_path, state))
+
+
+def test_unexpected_key_is_named(tmp_path):
+    state = load_file(str(TINY / "diffusion_pytorch_model.safetensors"))
+    state["class_embedding.linear_1.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"unexpected key\(s\): class_embedding\.linear_1\.weight"):
+        IFUNet.from_pretrained(_copy_tiny(tmp_path, state))
+
+
+def test_misshaped_key_is_named_with_both_shapes(tmp_path):
+    state = load_file(str(TINY / "diffusion_pytorch_model.safetensors"))
+    state["conv_in.weight"] = torch.zeros(8, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"conv_in\.weight: file \(8, 3, 5, 5\) vs model \(8, 3, 3, 3\)"):
+        IFUNet.from_pretrained(_copy_tiny(tmp_path, state))
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    folder = _copy_tiny(tmp_path)
+    path = folder / "diffusion_pytorch_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        IFUNet.from_pretrained(folder)
+
+
+def test_corrupt_header_is_a_clear_error(tmp_path):
+    folder = _copy_tiny(tmp_path)
+    path = folder / "diffusion_pytorch_model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:16] = b"\xff\xfe garbage"[:8]
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt|not a safetensors"):
+        IFUNet.from_pretrained(folder)
+
+
+def test_missing_weights_and_missing_folder(tmp_path):
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    shutil.copy(TINY / "config.json", folder / "config.json")
+    with pytest.raises(FileNotFoundError, match="minidiff fetch"):
+        IFUNet.from_pretrained(folder)
+    with pytest.raises(FileNotFoundError):
+        IFUNet.from_pretrained(tmp_path / "nowhere")
+
+
+def test_repo_folder_with_unet_subfolder_loads(tmp_path, io):
+    _copy_tiny(tmp_path)  # tmp_path/unet/...
+    unet = IFUNet.from_pretrained(tmp_path)
+    with torch.no_grad():
+        out = unet(io["sample"], 0, io["encoder_hidden_states"])
+    assert (out - io["out_t0"]).abs().max().item() <= 1e-5
+
+
+def test_unsupported_config_is_rejected():
+    config = json.loads((TINY / "config.json").read_text())
+    with pytest.raises(ValueError, match="CrossAttnDownBlock2D"):
+        IFUNet.from_config({**config, "down_block_types": ["CrossAttnDownBlock2D"] * 4})
+    with pytest.raises(ValueError, match="class_embed_type"):
+        IFUNet.from_config({**config, "class_embed_type": "timestep"})
+    with pytest.raises(ValueError, match="block_out_channels"):
+        IFUNet.from_config({k: v for k, v in config.items() if k != "block_out_channels"})
+
+
+def test_bad_inputs_are_rejected(unet, io):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        unet(torch.zeros(2, 3, 12, 12), 0, io["encoder_hidden_states"])
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        unet(io["sample"], 0, io["encoder_hidden_states"][:1])
+    with pytest.raises(ValueError, match="timestep"):
+        unet(io["sample"], torch.tensor([1, 2, 3]), io["encoder_hidden_states"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(t=st.floats(min_value=0, max_value=1000), dim=st.sampled_from([8, 16, 704]))
+def test_timestep_embedding_cos_sin_pairs_have_unit_norm(t, dim):
+    """Identity: emb[k]^2 + emb[k + dim/2]^2 == 1 (cos^2 + sin^2 of the same frequency)."""
+    emb = timestep_embedding(torch.tensor([t]), dim)
+    half = dim // 2
+    assert emb.shape == (1, dim)
+    assert torch.allclose(emb[0, :half] ** 2 + emb[0, half:] ** 2, torch.ones(half), atol=1e-5)
+    assert torch.allclose(emb[0, 0], torch.cos(torch.tensor(t)), atol=1e-4)  # frequency 1 comes first
