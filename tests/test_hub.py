@@ -1,0 +1,129 @@
+"""Weight fetching: the right files are asked for, and hub refusals become one clear message.
+
+No network: huggingface_hub.snapshot_download is replaced by fakes that record the call or
+raise the errors the hub raises for gated repos, missing tokens and offline use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import huggingface_hub
+import pytest
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+from minidiff import hub
+from minidiff.cli import main
+
+SECRET = "hf_thisIsNotARealTokenButMustNeverBePrinted"
+
+
+def _http_error(cls, status: int):
+    """An error as huggingface_hub raises it, with an HTTP response attached."""
+    try:
+        import httpx2 as httpx  # the HTTP client of current huggingface_hub
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        import httpx
+    request = httpx.Request("GET", "https://huggingface.co/api/models/DeepFloyd/IF-I-XL-v1.0")
+    response = httpx.Response(status, request=request, headers={"authorization": f"Bearer {SECRET}"})
+    return cls(f"{status} Client Error", response=response)
+
+
+def _raising(err):
+    def fake(*args, **kwargs):
+        raise err
+
+    return fake
+
+
+@pytest.fixture
+def no_token(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+
+
+@pytest.fixture
+def with_token(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: SECRET)
+
+
+def test_download_unet_asks_only_for_config_and_fp16_weights(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, cache_dir=None, **kwargs):
+        calls.append((repo_id, allow_patterns, cache_dir))
+        (tmp_path / "unet").mkdir(exist_ok=True)
+        (tmp_path / "unet" / "config.json").write_text("{}")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    folder = hub.download_unet("if-i-l", cache_dir=tmp_path / "cache")
+    assert folder == tmp_path / "unet"
+    assert calls == [
+        ("DeepFloyd/IF-I-L-v1.0", ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"], tmp_path / "cache")
+    ]
+
+
+def test_fetch_with_t5_also_asks_for_encoder_and_tokenizer(monkeypatch, tmp_path, capsys):
+    patterns = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, cache_dir=None, **kwargs):
+        patterns.extend(allow_patterns)
+        for sub in ("unet", "text_encoder", "tokenizer"):
+            (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / "unet" / "config.json").write_text("{}")
+        (tmp_path / "text_encoder" / "config.json").write_text("{}")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert main(["fetch", "if-i-xl", "--t5"]) == 0
+    assert "tokenizer/*" in patterns and "text_encoder/model.fp16*.safetensors" in patterns
+    assert not any("unet/diffusion_pytorch_model.safetensors" == p for p in patterns)  # never the fp32 copy
+    assert "T5 ready" in capsys.readouterr().out
+
+
+def test_gated_repo_without_token_says_what_to_do(monkeypatch, no_token):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(_http_error(GatedRepoError, 403)))
+    with pytest.raises(hub.HubAccessError) as info:
+        hub.download_unet("if-i-xl")
+    msg = str(info.value)
+    assert "gated" in msg and "https://huggingface.co/DeepFloyd/IF-I-XL-v1.0" in msg and "HF_TOKEN" in msg
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_gated_repo_with_token_asks_to_accept_licence_and_never_prints_token(monkeypatch, with_token, capsys):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(_http_error(GatedRepoError, 403)))
+    assert main(["fetch", "if-i-xl"]) == 2
+    err = capsys.readouterr()
+    assert "accept the DeepFloyd IF licence" in err.err
+    assert SECRET not in err.err and SECRET not in err.out
+
+
+def test_401_not_found_without_token_asks_for_a_token(monkeypatch, no_token, capsys):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(_http_error(RepositoryNotFoundError, 401)))
+    assert main(["fetch", "if-i-m"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert "needs a token" in err and "DeepFloyd/IF-I-M-v1.0" in err
+
+
+def test_plain_http_401_and_offline_errors(monkeypatch, with_token):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(_http_error(HfHubHTTPError, 401)))
+    with pytest.raises(hub.HubAccessError, match="HTTP 401"):
+        hub.download_t5()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(LocalEntryNotFoundError("offline")))
+    with pytest.raises(hub.HubAccessError, match="local cache"):
+        hub.download_unet("if-i-xl")
+
+
+def test_unknown_model_name_is_a_value_error():
+    with pytest.raises(ValueError, match="if-i-xl"):
+        hub.cli_fetch(argparse.Namespace(name="if-ii-xl", t5=False, cache_dir=None))
+
+
+def test_shipped_weights_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path))
+    assert hub.shipped_weights_dir() == tmp_path
+    monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="MINIDIFF_WEIGHTS"):
+        hub.shipped_weights_dir()
