@@ -189,12 +189,14 @@ def test_learned_range_variance_between_posterior_and_beta(name, data):
     v = torch.tensor(data.draw(st.lists(st.floats(-1, 1), min_size=3, max_size=3))).view(3, 1)
     _, _, _, beta, posterior = _step_coefficients(s, t, t_prev)
     var = s.variance(t, t_prev, v).double()
-    rel = 1e-5
+    # float32 arithmetic: beta_t = 1 - ab_t / ab_t' loses about 1e-7 absolute to cancellation
+    rel = 1e-5 + 2e-7 / beta.item()
     assert bool((var >= posterior.clamp(min=1e-20) * (1 - rel)).all())
     assert bool((var <= beta * (1 + rel)).all())
     ends = s.variance(t, t_prev, torch.tensor([[-1.0], [1.0]])).double().flatten()
-    assert ends[0].item() == pytest.approx(max(posterior.item(), 1e-20), rel=1e-4)
-    assert ends[1].item() == pytest.approx(beta.item(), rel=1e-4)
+    assert ends[0].item() == pytest.approx(max(posterior.item(), 1e-20), rel=rel)
+    assert ends[1].item() == pytest.approx(beta.item(), rel=rel)
+    assert bool((ends[0] <= var).all()) and bool((var <= ends[1]).all())  # exact in its own arithmetic
 
 
 def test_fixed_variance_is_posterior_variance():
