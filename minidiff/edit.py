@@ -1,0 +1,161 @@
+"""Image edits: denoising that starts from, or is tied to, a real image.
+
+    sdedit          image-to-image translation (Meng et al., SDEdit; course 1.7): noise an
+                    image part of the way, then denoise; the less noise, the closer the result
+    image_to_image  the same with a conditional model and a (new) prompt (course 1.7.3)
+    inpaint         regenerate only where mask == 1 (course 1.7.2, after RePaint by
+                    Lugmayr et al.): after every step the known pixels are reset to the
+                    original, noised to the current time
+
+Every edit takes a denoiser den(x_t, t) (see minidiff.guidance for making one from a
+conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, and
+returns the edited image, or (image, intermediates) with return_intermediates=True.
+Images are (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from minidiff.guidance import Model, cfg
+from minidiff.samplers import (
+    Callback,
+    Denoiser,
+    Schedule,
+    batch_timesteps,
+    check_timesteps,
+    iterative_denoise,
+    progress_bar,
+)
+
+__all__ = ["sdedit", "image_to_image", "inpaint", "check_mask"]
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a batch (B, C, H, W), got {shape}: add a batch dimension with image[None]")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a float tensor scaled to [-1, 1], got {image.dtype}")
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def sdedit(
+    den: Denoiser,
+    image: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[float] | torch.Tensor,
+    i_start: int,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+    return_intermediates: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """SDEdit (Meng et al., 2022; course 1.7): x = iterative_denoise(add_noise(image, eps, t), ...)
+
+        x_t = schedule.add_noise(image, eps, timesteps[i_start]),  eps ~ N(0, I)
+        then denoise from index i_start to the end.
+
+    A small i_start starts from much noise (t near 990: a new image that shares only the
+    coarse layout); a large i_start from little noise (the result stays close to the image).
+    """
+    _check_image(image)
+    ts = check_timesteps(schedule, timesteps, i_start)
+    x_t = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
+    return iterative_denoise(den, x_t, schedule, ts, i_start, generator, callback, progress, return_intermediates)
+
+
+def image_to_image(
+    model: Model,
+    image: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    scale: float,
+    schedule: Schedule,
+    timesteps: Sequence[float] | torch.Tensor,
+    i_start: int,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Text-conditional image-to-image translation (course 1.7.3): SDEdit guided towards cond.
+
+    sdedit(cfg(model, cond, uncond, scale), image, ...); kwargs go to sdedit (callback,
+    progress, return_intermediates). With IF, cond is the embedding of the new prompt.
+    """
+    return sdedit(cfg(model, cond, uncond, scale), image, schedule, timesteps, i_start, generator, **kwargs)
+
+
+def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Validate an inpainting mask and return it as a (1 or B, 1 or C, H, W) tensor in image's dtype.
+
+    Accepted: (H, W), or 4-D with the image's H and W and batch and channel sizes 1 or the
+    image's. Bool masks are fine; float masks must hold only 0 and 1.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a tensor, got {type(mask).__name__}")
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    if mask.ndim != 4:
+        raise ValueError(
+            f"mask must be (H, W) or (B, C, H, W) with B and C equal to 1 or the image's, got shape {tuple(mask.shape)}"
+        )
+    b, c, h, w = image.shape
+    if mask.shape[-2:] != (h, w) or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, c):
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not fit image of shape {tuple(image.shape)}: "
+            f"its H x W must be {h} x {w} and its batch and channel sizes 1 or the image's"
+        )
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
+        raise ValueError(f"mask values must be 0 (keep) or 1 (regenerate), found e.g. {bad}: threshold it first")
+    return mask.to(device=image.device, dtype=image.dtype)
+
+
+@torch.no_grad()
+def inpaint(
+    den: Denoiser,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[float] | torch.Tensor,
+    generator: torch.Generator | None = None,
+    i_start: int = 0,
+    callback: Callback | None = None,
+    progress: bool = True,
+    return_intermediates: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Inpainting (course 1.7.2; RePaint, Lugmayr et al., 2022, without resampling).
+
+    mask == 1 marks pixels to regenerate, mask == 0 pixels to keep. Starting from
+    x = add_noise(image, eps, timesteps[i_start]) (pure noise at i_start = 0), every step is
+
+        x_{t'} = schedule.step(x_t, den(x_t, t), t, t')
+        x_{t'} <- m * x_{t'} + (1 - m) * add_noise(image, eps', t')       (fresh eps')
+
+    so the known pixels always carry the right amount of noise and the model fills the hole
+    to match them. The returned image is m * x + (1 - m) * image: the kept pixels are the
+    original's exactly (add_noise at the last DDPM step t = 0 still adds a trace of noise).
+    """
+    _check_image(image)
+    m = check_mask(mask, image)
+    ts = check_timesteps(schedule, timesteps, i_start)
+    x = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
+    intermediates = [x]
+    for i in progress_bar(range(i_start, len(ts) - 1), progress, "inpainting"):
+        t, t_next = ts[i], ts[i + 1]
+        model_output = den(x, batch_timesteps(schedule, t, x))
+        if callback is not None:
+            callback(i, t, x, schedule.predict_data(x, model_output, t))
+        x = schedule.step(x, model_output, t, t_next, generator=generator)
+        if t_next >= 0:  # (a final t' = -1 means the clean image, which the paste below gives)
+            x = m * x + (1 - m) * schedule.add_noise(image, _noise_like(image, generator), t_next)
+        intermediates.append(x)
+    x = m * x + (1 - m) * image
+    intermediates[-1] = x
+    return (x, intermediates) if return_intermediates else x
