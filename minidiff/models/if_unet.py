@@ -467,6 +467,7 @@ class IFUNet(nn.Module):
         emb_act = cfg.get("time_embedding_act_fn")
         self.emb_act = _ACTIVATIONS[emb_act] if emb_act else None
         self.num_upsamplers = n - 1
+        self.channels_last = True
 
         emb_dim = cfg.get("time_embedding_dim") or 4 * ch[0]
         k_in, k_out = cfg.get("conv_in_kernel", 3), cfg.get("conv_out_kernel", 3)
@@ -621,7 +622,9 @@ class IFUNet(nn.Module):
 
         # channels_last lets oneDNN convolutions skip layout reorders and makes the
         # (B, C, H, W) -> (B, H*W, C) token view of attention free.
-        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
             h, block_skips = block(h, block_emb, context)

@@ -1,0 +1,101 @@
+"""DeepFloyd IF stage 1 as a minidiff model, and text-to-64x64 sampling with it.
+
+``IFDenoiser`` wraps the UNet into the model signature every guidance rule and sampler of
+minidiff speaks, ``model(x_t, t, cond) -> output``, with cond the T5 prompt embeddings
+(B, 77, 4096). The UNet may hold fp16 or bf16 weights (the released checkpoints are fp16)
+while the sampling state x_t stays float32: the adapter casts on the way in and out, so
+the schedule arithmetic (sqrt(ab_t), the variance interpolation) never runs in half
+precision.
+
+``if_stage1`` is the course's sampling loop (strided DDPM from t = 990, stride 30, CFG with
+scale 7, the null prompt "" as the unconditional branch):
+
+    x_T ~ N(0, I)                               (B, 3, 64, 64)
+    for (t, t') in [(990, 960), ..., (30, 0)]:
+        eps, v = eps_u + 7 (eps_c - eps_u), v_c  (one batched UNet call)
+        x_t' = DDPM step with IF's learned-range variance
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from minidiff.guidance import cfg
+from minidiff.samplers import Callback, iterative_denoise
+from minidiff.schedule import DDPMSchedule, strided_timesteps
+
+__all__ = ["IFDenoiser", "if_stage1"]
+
+
+class IFDenoiser:
+    """The IF UNet as ``model(x_t, t, cond)``: x_t (B, 3, H, W), t (B,), cond (B, 77, D_text).
+
+    Inputs are cast to the UNet's dtype and device, the output (B, 6, H, W) back to x_t's
+    dtype and device, so fp16 weights serve a float32 sampling state.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        dtype, device = self.dtype, self.device
+        t = torch.as_tensor(t, device=device)
+        out = self.unet(x_t.to(device=device, dtype=dtype), t, cond.to(device=device, dtype=dtype))
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+
+def _as_batch(embeds: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim not in (2, 3):
+        shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+        raise ValueError(f"{name} must be T5 embeddings (B, 77, D) or (77, D), got {shape}")
+    return embeds if embeds.ndim == 3 else embeds[None]
+
+
+@torch.no_grad()
+def if_stage1(
+    unet: torch.nn.Module,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    guidance_scale: float = 7.0,
+    timesteps: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    schedule: DDPMSchedule | None = None,
+    height: int = 64,
+    width: int = 64,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Sample images from prompt embeddings with IF stage 1 and classifier-free guidance.
+
+    prompt_embeds (B, 77, D): one image per row. negative_embeds (1 or B, 77, D): the
+    unconditional branch, usually the embedding of the empty prompt "".
+    timesteps: strided DDPM timesteps, default [990, 960, ..., 30, 0] (the course's).
+    x_T: the starting noise (B, 3, H, W); drawn with ``generator`` when not given.
+    Returns float32 images (B, 3, H, W) clipped to [-1, 1].
+    """
+    cond = _as_batch(prompt_embeds, "prompt_embeds")
+    uncond = _as_batch(negative_embeds, "negative_embeds")
+    batch = cond.shape[0]
+    schedule = schedule if schedule is not None else DDPMSchedule.deepfloyd()
+    timesteps = list(timesteps) if timesteps is not None else strided_timesteps(990, 30)
+    if x_T is None:
+        in_ch = getattr(getattr(unet, "conv_in", None), "in_channels", 3)
+        x_T = torch.randn(batch, in_ch, height, width, generator=generator)
+    elif x_T.shape[0] != batch:
+        raise ValueError(f"x_T has batch {x_T.shape[0]} but there are {batch} prompt embeddings")
+    x = x_T.float()
+    den = cfg(IFDenoiser(unet), cond.float(), uncond.float(), guidance_scale)
+    x = iterative_denoise(den, x, schedule, timesteps, generator=generator, callback=callback, progress=progress)
+    return x.clamp(-1.0, 1.0)
