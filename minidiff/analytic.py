@@ -37,6 +37,7 @@ from minidiff.schedule import DDPMSchedule, FlowSchedule
 __all__ = ["finite_data_model", "finite_data_denoiser", "gaussian_denoiser", "posterior_weights"]
 
 Schedule = DDPMSchedule | FlowSchedule
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _is_flow(schedule: Schedule) -> bool:
@@ -86,7 +87,8 @@ def finite_data_model(
     tensor of class weights, one-hot for "class k" and all zeros for "no condition" (the
     null condition of classifier-free guidance); None also means no condition. It sets the
     prior over members: pi_i proportional to cond[label_i], uniform for the zero vector.
-    The output is eps for a DDPMSchedule and the velocity for a FlowSchedule, in x_t's dtype.
+    The output is eps for a DDPMSchedule and the velocity for a FlowSchedule, in x_t's dtype
+    and on x_t's device (the sums themselves run on the CPU in float64: it is a test oracle).
     """
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"data must be a non-empty (N, ...) tensor, got {getattr(data, 'shape', data)!r}")
@@ -123,13 +125,13 @@ def finite_data_model(
     return model
 
 
-def finite_data_denoiser(data: torch.Tensor, schedule: Schedule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def finite_data_denoiser(data: torch.Tensor, schedule: Schedule) -> Denoiser:
     """The optimal unconditional denoiser den(x_t, t) of a finite data set (N, C, H, W)."""
     model = finite_data_model(data, schedule)
     return lambda x_t, t: model(x_t, t, None)
 
 
-def gaussian_denoiser(mean: float, std: float, schedule: Schedule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def gaussian_denoiser(mean: float, std: float, schedule: Schedule) -> Denoiser:
     """The optimal denoiser when every pixel of the data is independent N(mean, std^2).
 
     DDPM: x_t ~ N(sqrt(ab) mean, V) with V = ab std^2 + 1 - ab, and

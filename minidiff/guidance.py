@@ -92,7 +92,8 @@ def guided_outputs(
     t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
     out = model(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(all_conds))
     if not isinstance(out, torch.Tensor) or out.shape[0] != n * batch:
-        raise ValueError(f"the model must return a (B, ...) tensor for a batch of {n * batch}, got {getattr(out, 'shape', out)}")
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"the model must return a (B, ...) tensor for a batch of {n * batch}, got {got}")
     chunks = [_split_variance(o, channels) for o in out.chunk(n)]
     pred_u, _ = chunks[-1]
     return [(pred_u + scale * (pred_c - pred_u), var_c) for pred_c, var_c in chunks[:-1]]

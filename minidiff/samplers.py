@@ -121,7 +121,9 @@ def _check_image(x: torch.Tensor, name: str = "x") -> None:
 
 
 @torch.no_grad()
-def one_step_denoise(den: Denoiser, x_t: torch.Tensor, schedule: Schedule, t: float | int | torch.Tensor) -> torch.Tensor:
+def one_step_denoise(
+    den: Denoiser, x_t: torch.Tensor, schedule: Schedule, t: float | int | torch.Tensor
+) -> torch.Tensor:
     """Clean-image estimate from a single model call (course 1.3, "one-step denoising").
 
     DDPM: x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t).

@@ -1,8 +1,8 @@
 """SDEdit, conditional image-to-image and inpainting, checked with exact denoisers.
 
-The data are six 8x8 images of +-1 pixels (any two differ in at least 4 pixels... in fact by
-an L2 distance >= 4), and the denoiser is their optimal denoiser
-(minidiff.analytic), so the right answer of every edit is a known member of the set.
+The data are six 8x8 images of +-1 pixels (any two at L2 distance >= 4) and the denoiser is
+their optimal denoiser (minidiff.analytic), so the right answer of every edit is a known
+member of the set.
 """
 
 from __future__ import annotations
