@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="cpu")
-    q.add_argument("--model", choices=["auto", "if", "mnist"], default="auto")
+    q.add_argument("--model", choices=["auto", "if", "mnist"], default="auto",
+                   help="Part A model: IF when its weights are here (auto), or the shipped MNIST model")
+    q.add_argument("--image", default=None, help="your own image file, for the lessons that edit an image")
     q.set_defaults(func=_lesson)
 
     q = sub.add_parser("sample-digits", help="sample MNIST digits with the shipped class-conditional model")
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", default=None, help="MNIST folder (IDX files); default: $MINIDIFF_MNIST_DIR or download")
     q.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     q.add_argument("--device", default="cpu")
+    q.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default 500)")
+    q.add_argument("--snapshot-epochs", default=None, help="comma-separated epochs to keep a snapshot of, e.g. 1,5")
     q.set_defaults(func=_train)
 
     q = sub.add_parser("fetch", help="download DeepFloyd IF stage-1 weights (needs the licence accepted and a token)")

@@ -1,0 +1,44 @@
+"""A0 Sampling: prompts in, images out, at several numbers of denoising steps.
+
+The whole pipeline in one picture before we take it apart. Start from pure noise
+x_T ~ N(0, I), then walk a strided list of timesteps [t_0 > t_1 > ... > 0], each step
+asking the model for eps and moving to the next timestep with classifier-free guidance:
+
+    eps = eps_u + s (eps_c - eps_u),    x_{t'} = DDPM step(x_t, eps, t -> t')
+
+Fewer steps (a bigger stride) is faster and rougher; more steps is slower and finer.
+"""
+
+import torch
+
+from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.guidance import cfg
+from minidiff.samplers import iterative_denoise
+from minidiff.schedule import strided_timesteps
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    prompts = [(IF_PROMPTS["village"], 2), (IF_PROMPTS["hat"], 5), (IF_PROMPTS["rocket"], 8)]
+    # strides of the course's 1000-step schedule: 20, 34 and 100 steps (scaled to T)
+    strides = [50] if ctx.quick else [50, 30, 10]
+    rows, titles, labels = [], [], []
+    for stride in strides:
+        step = max(1, round(stride * a.T / 1000))
+        ts = strided_timesteps(step * ((a.T - 1) // step), step)
+        row = []
+        for k, (prompt, digit) in enumerate(prompts):
+            den = cfg(a.model, a.cond(prompt, digit), a.uncond(), a.guidance_scale)
+            x_T = a.noise(1, ctx.generator(k))  # same noise for every step count: compare like with like
+            row.append(iterative_denoise(den, x_T, a.schedule, ts, generator=ctx.generator(100 + k), progress=ctx.progress))
+        rows.append(row)
+        titles.append([a.label(p, d) for p, d in prompts])
+        labels.append(f"{len(ts) - 1} steps")
+    ctx.save_rows("samples_by_steps.png", rows, titles, labels, a.value_range,
+                  suptitle=f"{a.name}: the same noise, guided by each prompt (scale {a.guidance_scale})")
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

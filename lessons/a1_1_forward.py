@@ -1,0 +1,29 @@
+"""A1.1 The forward process: an image noised to t = 250, 500 and 750.
+
+DDPM defines how a clean image x_0 becomes noise in closed form, at any t at once:
+
+    x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps,     eps ~ N(0, I),  ab_t = alphas_cumprod[t]
+
+ab_t falls from 1 to almost 0 as t goes from 0 to T - 1, so the signal fades and the
+noise takes over. Denoising is learning to run this backwards.
+"""
+
+from minidiff.course import LessonContext, part_a
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    x0 = a.test_image()
+    ts = [a.scale_t(t) for t in (250, 500, 750)]
+    noisy = []
+    for i, t in enumerate(ts):
+        eps = a.noise(1, ctx.generator(i))
+        noisy.append(a.schedule.add_noise(x0, eps, t))
+    titles = ["original"] + [f"t = {t}, sqrt(ab) = {a.schedule.alphas_cumprod[t].sqrt():.2f}" for t in ts]
+    ctx.save_rows("forward.png", [[x0, *noisy]], [titles], value_range=a.value_range, cell=2.2)
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

@@ -1,0 +1,42 @@
+"""A1.2 The classical baseline: denoising by Gaussian blur.
+
+Before any network: noise is high-frequency, so a low-pass filter removes much of it,
+
+    x0_hat = G_sigma * x_t
+
+but it removes the image's own edges with it, and it cannot undo the sqrt(ab_t) fading.
+The PSNR against the clean image is in each title; the diffusion model must beat it.
+"""
+
+import torch
+
+from minidiff.course import LessonContext, part_a
+from minidiff.filters import gaussian_blur
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, value_range: tuple[float, float]) -> float:
+    """Peak signal-to-noise ratio in dB, for images in value_range."""
+    lo, hi = value_range
+    mse = ((x - ref) ** 2).mean().clamp(min=1e-12)
+    return float(10 * torch.log10((hi - lo) ** 2 / mse))
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    x0 = a.test_image()
+    kernel, sigma = (5, 2.0) if a.is_if else (5, 1.0)
+    rows, titles = [], []
+    for i, t in enumerate(a.scale_t(t) for t in (250, 500, 750)):
+        x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(i)), t)
+        blurred = gaussian_blur(x_t, kernel, sigma)
+        rows.append([x_t, blurred])
+        titles.append([f"t = {t}: {psnr(x_t, x0, a.value_range):.1f} dB",
+                       f"blurred: {psnr(blurred, x0, a.value_range):.1f} dB"])
+    ctx.save_rows("blur_denoising.png", rows, titles, value_range=a.value_range, cell=2.2,
+                  suptitle=f"Gaussian blur, kernel {kernel}, sigma {sigma}")
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

@@ -1,0 +1,30 @@
+"""A1.3 One-step denoising: the model's guess of x_0 from a single call.
+
+The network predicts the noise eps_hat in x_t; inverting the forward process gives
+
+    x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)
+
+Good at small t. At large t the guess is a blurry average of every image that could
+have produced x_t: one step cannot commit to details.
+"""
+
+from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.samplers import one_step_denoise
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    x0 = a.test_image()
+    den = a.conditional(a.cond(IF_PROMPTS["photo"], 7))
+    rows, titles = [], []
+    for i, t in enumerate(a.scale_t(t) for t in (250, 500, 750)):
+        x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(i)), t)
+        rows.append([x0, x_t, one_step_denoise(den, x_t, a.schedule, t)])
+        titles.append(["original", f"noisy, t = {t}", "one-step estimate"])
+    ctx.save_rows("one_step.png", rows, titles, value_range=a.value_range, cell=2.0)
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

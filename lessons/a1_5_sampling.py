@@ -1,0 +1,26 @@
+"""A1.5 Sampling from pure noise: iterative denoising from i_start = 0.
+
+Start from x = N(0, I) at the first timestep and denoise all the way. With the
+conditional model alone ("a high quality photo", or a digit class), samples are valid
+but often dull or broken; lesson A1.6 fixes that with guidance.
+"""
+
+from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.samplers import iterative_denoise
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    n = 2 if ctx.quick else 5
+    den = a.conditional(a.cond(IF_PROMPTS["photo"], 3))
+    x = iterative_denoise(den, a.noise(n, ctx.generator(0)), a.schedule, a.timesteps,
+                          generator=ctx.generator(1), progress=ctx.progress)
+    label = a.label(IF_PROMPTS["photo"], 3)
+    ctx.save_rows("samples.png", [list(x)], [[f"sample {i + 1}" for i in range(n)]], value_range=a.value_range,
+                  suptitle=f"no guidance: '{label}'")
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

@@ -1,0 +1,35 @@
+"""A1.6 Classifier-free guidance (Ho & Salimans, 2022).
+
+Run the model twice, with the prompt and with the empty prompt, and extrapolate:
+
+    eps = eps_u + s (eps_c - eps_u)
+
+s = 1 is the plain conditional model; s > 1 pushes samples towards what makes them
+match the prompt, trading diversity for quality. Both passes go through the network as
+one batch.
+"""
+
+from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.guidance import cfg
+from minidiff.samplers import iterative_denoise
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    n = 2 if ctx.quick else 5
+    cond = a.cond(IF_PROMPTS["photo"], 3)
+    rows, labels = [], []
+    for scale in ([1.0, a.guidance_scale] if ctx.quick else [1.0, 3.0, a.guidance_scale]):
+        den = cfg(a.model, cond, a.uncond(), scale)
+        x = iterative_denoise(den, a.noise(n, ctx.generator(0)), a.schedule, a.timesteps,
+                              generator=ctx.generator(1), progress=ctx.progress)
+        rows.append(list(x))
+        labels.append(f"scale {scale:g}")
+    ctx.save_rows("cfg.png", rows, None, labels, a.value_range,
+                  suptitle=f"'{a.label(IF_PROMPTS['photo'], 3)}', same noise per column")
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

@@ -1,0 +1,33 @@
+"""A1.7.1 SDEdit on web and hand-drawn images: projecting onto the image manifold.
+
+The same SDEdit as A1.7, now on images that are not photos of the model's world: a
+picture from the web (any file with --image; by default a picture that ships with
+matplotlib) and a hand-drawn sketch. Noising washes out what is "wrong" about them;
+denoising fills in what the model believes belongs there.
+"""
+
+import matplotlib.cbook
+
+from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels, sketch
+from minidiff.data import load_image
+from minidiff.guidance import cfg
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    web_path = ctx.image or matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False)
+    images = {
+        "web": a.to_model_range(load_image(web_path, 64)),
+        "drawn": a.to_model_range(sketch("house" if a.is_if else "4", 64)),
+    }
+    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], 4), a.uncond(), a.guidance_scale)
+    i_starts = [1, 10] if ctx.quick else I_STARTS
+    for name, image in images.items():
+        row, titles = sdedit_levels(ctx, a, image, den, i_starts)
+        ctx.save_rows(f"sdedit_{name}.png", [row], [titles], value_range=a.value_range, cell=1.8)
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

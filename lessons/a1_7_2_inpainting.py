@@ -1,0 +1,42 @@
+"""A1.7.2 Inpainting (RePaint, Lugmayr et al., 2022): regenerate only inside a mask.
+
+Denoise from pure noise as usual, but after every step put the known pixels back,
+noised to the current timestep, so the model must fill the hole to agree with them:
+
+    x_{t'} <- m * x_{t'} + (1 - m) * add_noise(x_orig, eps, t')      (m = 1: regenerate)
+"""
+
+import torch
+
+from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.edit import inpaint
+from minidiff.guidance import cfg
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    image = a.test_image()
+    c, h, w = a.image_shape
+    mask = torch.zeros(1, 1, h, w, device=image.device)
+    if a.is_if:
+        mask[..., 2:24, 16:48] = 1  # the top of the picture: a new head, hat or sky
+    else:
+        mask[..., : h // 2, :] = 1  # the top half of the digit
+    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], 7), a.uncond(), a.guidance_scale)
+    n = 1 if ctx.quick else 3
+    results = [inpaint(den, image, mask, a.schedule, a.timesteps, generator=ctx.generator(k), progress=ctx.progress)
+               for k in range(n)]
+    lo, hi = a.value_range
+    hole = image * (1 - mask) + lo * mask
+    ctx.save_rows(
+        "inpainting.png",
+        [[image, mask.expand(1, c, h, w) * (hi - lo) + lo, hole, *results]],
+        [["original", "mask", "to replace"] + [f"inpainted {k + 1}" for k in range(n)]],
+        value_range=a.value_range, cell=1.8,
+    )
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

@@ -1,0 +1,27 @@
+"""A1.7.3 Text-conditional image-to-image translation.
+
+SDEdit again, but guided towards a different prompt ("a rocket ship"; on MNIST another
+digit): with much noise the result follows the prompt, with little it keeps the image.
+
+    x = iterative_denoise(cfg(model, cond_new, uncond, s), add_noise(x_orig, eps, t_{i_start}))
+"""
+
+from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
+from minidiff.guidance import cfg
+
+
+def run(ctx: LessonContext) -> None:
+    a = part_a(ctx)
+    image = a.test_image()  # a photo (IF) or a 7 (MNIST)
+    target = (IF_PROMPTS["rocket"], 1)
+    den = cfg(a.model, a.cond(*target), a.uncond(), a.guidance_scale)
+    i_starts = [1, 10] if ctx.quick else I_STARTS
+    row, titles = sdedit_levels(ctx, a, image, den, i_starts)
+    ctx.save_rows("text_i2i.png", [row], [titles], value_range=a.value_range, cell=1.8,
+                  suptitle=f"towards '{a.label(*target)}'")
+
+
+if __name__ == "__main__":
+    from minidiff.course import main
+
+    main(run, __doc__)

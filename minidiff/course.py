@@ -1,0 +1,426 @@
+"""What the lessons share: where figures go, and which model plays Part A.
+
+Part A of the course runs on DeepFloyd IF stage 1. Its weights are gated and large, so a
+lesson asks ``part_a(ctx)`` for a backend: IF when its UNet and prompt embeddings are on
+this machine, otherwise the shipped class-conditional MNIST DDPM model, where a digit
+class plays the role of a prompt. Both are models ``model(x_t, t, cond)`` with a
+DDPMSchedule, so the lesson's code is the same for both; only the pictures differ.
+
+    ctx = LessonContext(out=Path("out/A1.7"), quick=False, seed=0)
+    a = part_a(ctx)                               # IF, or MNIST with a note saying why
+    cond = a.cond("a high quality photo", digit=3)
+    den = cfg(a.model, cond, a.uncond(), a.guidance_scale)
+    x = iterative_denoise(den, x_T, a.schedule, a.timesteps)
+    ctx.save_row("samples.png", [x], ["sample"], a)
+
+IF is found through $MINIDIFF_IF_UNET (a folder with config.json and the safetensors
+file) or the Hugging Face cache after ``minidiff fetch if-i-xl``; prompt embeddings come
+from the cache that ``minidiff embed`` fills (or T5, if it is on this machine).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from minidiff.schedule import DDPMSchedule, strided_timesteps
+
+__all__ = [
+    "LessonContext",
+    "PartA",
+    "part_a",
+    "find_if_unet",
+    "sample_photo",
+    "sample_digits_real",
+    "sketch",
+    "IF_PROMPTS",
+    "I_STARTS",
+    "sdedit_levels",
+    "main",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+# The course's prompts, and the digit that stands in for each on the MNIST path.
+IF_PROMPTS = {
+    "photo": "a high quality photo",
+    "village": "an oil painting of a snowy mountain village",
+    "man": "a photo of a man",
+    "rocket": "a rocket ship",
+    "hat": "a man wearing a hat",
+    "old_man": "an oil painting of an old man",
+    "campfire": "an oil painting of people around a campfire",
+    "skull": "a lithograph of a skull",
+    "waterfalls": "a lithograph of waterfalls",
+    "dog": "a photo of a dog",
+    "pencil": "a pencil",
+}
+
+
+# ----------------------------------------------------------------------------------------
+# The lesson's context: options and figures
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LessonContext:
+    """Options of one lesson run and the list of files it wrote."""
+
+    out: Path
+    quick: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    model: str = "auto"  # "auto", "if" or "mnist"
+    progress: bool = True
+    image: str | None = None  # a user's image file, for the lessons that edit one
+    written: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A fresh CPU generator seeded with seed + offset: every figure is reproducible."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def path(self, name: str) -> Path:
+        p = self.out / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.written.append(p)
+        return p
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def save_grid(self, name: str, images: torch.Tensor, nrow: int = 8, value_range=(-1.0, 1.0)) -> Path:
+        from minidiff.data import save_grid
+
+        return save_grid(images, self.path(name), nrow=nrow, value_range=value_range)
+
+    def save_gif(self, name: str, frames: Sequence[torch.Tensor], nrow: int = 8, value_range=(-1.0, 1.0),
+                 duration_ms: int = 80) -> Path:
+        from minidiff.data import save_gif
+
+        return save_gif(frames, self.path(name), nrow=nrow, value_range=value_range, duration_ms=duration_ms)
+
+    def save_rows(
+        self,
+        name: str,
+        rows: Sequence[Sequence[torch.Tensor]],
+        titles: Sequence[Sequence[str]] | None = None,
+        row_labels: Sequence[str] | None = None,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+        suptitle: str | None = None,
+        cell: float = 1.6,
+    ) -> Path:
+        """A titled figure: rows of single images (each (C, H, W) or (1, C, H, W)), as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        nrows, ncols = len(rows), max(len(r) for r in rows)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + (0.4 if suptitle else 0)),
+                                 squeeze=False)
+        lo, hi = value_range
+        for r, row in enumerate(rows):
+            for c in range(ncols):
+                ax = axes[r][c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= len(row):
+                    ax.axis("off")
+                    continue
+                img = row[c].detach().float().cpu()
+                img = img[0] if img.ndim == 4 else img
+                img = ((img - lo) / (hi - lo)).clamp(0, 1).permute(1, 2, 0).numpy()
+                if img.shape[2] == 1:
+                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                else:
+                    ax.imshow(img, interpolation="nearest")
+                if titles is not None and c < len(titles[r]) and titles[r][c]:
+                    ax.set_title(titles[r][c], fontsize=8)
+                if row_labels is not None and c == 0:
+                    ax.set_ylabel(row_labels[r], fontsize=8)
+        if suptitle:
+            fig.suptitle(suptitle, fontsize=10)
+        fig.tight_layout()
+        path = self.path(name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+# ----------------------------------------------------------------------------------------
+# Part A backends
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartA:
+    """The model a Part A lesson uses, with everything that differs between IF and MNIST.
+
+    model(x_t, t, cond) -> eps (or eps + variance for IF); images live in ``value_range``.
+    ``cond(prompt, digit)`` gives the condition for a prompt (IF) or digit class (MNIST).
+    Timesteps: the course's strided list for IF (990, 960, ..., 0); for MNIST's T = 300
+    the same 30-step stride pattern scaled to [290, 280, ..., 0].
+    """
+
+    name: str
+    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    schedule: DDPMSchedule
+    timesteps: list[int]
+    image_shape: tuple[int, int, int]
+    value_range: tuple[float, float]
+    guidance_scale: float
+    encode: Callable[[Sequence[str]], torch.Tensor] | None = None
+    device: str = "cpu"
+    hybrid_kernel: tuple[int, float] = (33, 2.0)
+
+    @property
+    def is_if(self) -> bool:
+        return self.name == "if"
+
+    @property
+    def T(self) -> int:
+        return self.schedule.num_timesteps
+
+    def scale_t(self, t_if: int) -> int:
+        """A timestep of the course (out of 1000) on this schedule: the same fraction of T."""
+        return min(self.T - 1, round(t_if * self.T / 1000))
+
+    def cond(self, prompt: str, digit: int) -> torch.Tensor:
+        """(1, ...) condition: the prompt's T5 embedding (IF) or the digit's one-hot vector."""
+        if self.is_if:
+            return self.encode([prompt]).to(self.device)
+        from minidiff.mnist_pipeline import class_vectors
+
+        return class_vectors([digit], self.device)
+
+    def uncond(self) -> torch.Tensor:
+        """(1, ...) unconditional condition: the empty prompt "" (IF) or the zero class vector."""
+        if self.is_if:
+            return self.encode([""]).to(self.device)
+        return torch.zeros(1, 10, device=self.device)
+
+    def label(self, prompt: str, digit: int) -> str:
+        return prompt if self.is_if else f"digit {digit}"
+
+    def conditional(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The plain conditional denoiser den(x_t, t) = model(x_t, t, cond), without guidance."""
+
+        def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.model(x_t, t, cond.expand(x_t.shape[0], *cond.shape[1:]))
+
+        return den
+
+    def test_image(self) -> torch.Tensor:
+        """The lessons' default clean image in this model's range: a photo (IF) or a real 7 (MNIST)."""
+        if self.is_if:
+            return sample_photo(self.image_shape[-1]).to(self.device)
+        images, labels = sample_digits_real()
+        return images[labels == 7][:1].to(self.device)
+
+    def noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(batch, *self.image_shape, generator=generator).to(self.device)
+
+    def to_model_range(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (as minidiff.data.load_image gives) to this model's range and shape."""
+        lo, hi = self.value_range
+        c, h, w = self.image_shape
+        if x.shape[1] != c:
+            x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1)
+        if x.shape[-2:] != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        return ((x + 1) / 2 * (hi - lo) + lo).to(self.device)
+
+
+def find_if_unet() -> Path | None:
+    """A local IF stage-1 UNet folder: $MINIDIFF_IF_UNET, else the hub cache (no download)."""
+    env = os.environ.get("MINIDIFF_IF_UNET")
+    if env:
+        folder = Path(env).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"MINIDIFF_IF_UNET={env} holds no config.json; point it at IF's unet/ folder")
+        return folder
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        from minidiff.hub import REPOS
+
+        for repo in REPOS.values():
+            cfg = try_to_load_from_cache(repo, "unet/config.json")
+            weights = try_to_load_from_cache(repo, "unet/diffusion_pytorch_model.fp16.safetensors")
+            if isinstance(cfg, str) and isinstance(weights, str):
+                return Path(cfg).parent
+    except Exception:  # an unreadable cache is the same as no cache here
+        return None
+    return None
+
+
+_IF_HOWTO = (
+    "DeepFloyd IF weights not found, so this lesson runs the same technique on the shipped "
+    "MNIST class-conditional model (digits play the prompts). For IF: accept the licence at "
+    "huggingface.co/DeepFloyd/IF-I-XL-v1.0, set HF_TOKEN, run 'minidiff fetch if-i-xl' and "
+    "'minidiff embed' for the prompts (or set MINIDIFF_IF_UNET), then rerun with --model if."
+)
+_said_howto = False
+
+
+def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
+    from minidiff.if_pipeline import IFDenoiser
+    from minidiff.models.if_unet import IFUNet
+    from minidiff.text import prompt_embeddings
+
+    dtype = torch.float16 if ctx.device.startswith("cuda") else torch.float32
+    unet = IFUNet.from_pretrained(folder, dtype=dtype, device=ctx.device)
+    return PartA(
+        name="if",
+        model=IFDenoiser(unet),
+        schedule=DDPMSchedule.deepfloyd(),
+        timesteps=strided_timesteps(990, 30),
+        image_shape=(3, 64, 64),
+        value_range=(-1.0, 1.0),
+        guidance_scale=7.0,
+        encode=lambda prompts: prompt_embeddings(list(prompts), device="cpu"),
+        device=ctx.device,
+    )
+
+
+def _mnist_backend(ctx: LessonContext) -> PartA:
+    from minidiff.mnist_pipeline import load_mnist_model
+
+    m = load_mnist_model("ddpm-class", device=ctx.device)
+    T = m.schedule.num_timesteps
+    stride = max(1, T // 30)
+    return PartA(
+        name="mnist",
+        model=m,
+        schedule=m.schedule,
+        timesteps=strided_timesteps(stride * ((T - 1) // stride), stride),
+        image_shape=(1, 28, 28),
+        value_range=(0.0, 1.0),
+        guidance_scale=5.0,
+        device=ctx.device,
+        hybrid_kernel=(9, 1.5),
+    )
+
+
+def part_a(ctx: LessonContext) -> PartA:
+    """The Part A backend for this run: IF when asked for or available, else MNIST."""
+    global _said_howto
+    if ctx.model in ("auto", "if"):
+        folder = find_if_unet()
+        if folder is not None:
+            return _if_backend(ctx, folder)
+        if ctx.model == "if":
+            raise FileNotFoundError(_IF_HOWTO.split(", so")[0] + ". " + _IF_HOWTO.split("For IF: ")[1])
+        if not _said_howto:
+            ctx.say(_IF_HOWTO)
+            _said_howto = True
+    return _mnist_backend(ctx)
+
+
+I_STARTS = [1, 3, 5, 7, 10, 20]  # the course's SDEdit levels: t = 960, 900, 840, 780, 690, 390 for IF
+
+
+def sdedit_levels(ctx: LessonContext, a: PartA, image: torch.Tensor, den, i_starts: Sequence[int] = I_STARTS):
+    """SDEdit of one image at each i_start, then the original: a row of images and their titles."""
+    from minidiff.edit import sdedit
+
+    row, titles = [], []
+    for k, i_start in enumerate(i_starts):
+        row.append(sdedit(den, image, a.schedule, a.timesteps, i_start, generator=ctx.generator(k),
+                          progress=ctx.progress))
+        titles.append(f"i_start {i_start} (t {a.timesteps[i_start]})")
+    return row + [image], titles + ["original"]
+
+
+# ----------------------------------------------------------------------------------------
+# Test images
+# ----------------------------------------------------------------------------------------
+
+
+def sample_photo(size: int = 64) -> torch.Tensor:
+    """The default test photo, (1, 3, size, size) in [-1, 1]: Grace Hopper, from matplotlib's sample data."""
+    import matplotlib.cbook
+
+    from minidiff.data import load_image
+
+    return load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), size=size)
+
+
+def sample_digits_real() -> tuple[torch.Tensor, torch.Tensor]:
+    """A few real MNIST test digits that ship with minidiff: images (N, 1, 28, 28) in [0, 1], labels (N,)."""
+    path = ASSETS / "mnist_t10k_sample.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}: reinstall minidiff from a complete checkout")
+    with np.load(path) as f:
+        images = torch.from_numpy(f["images"]).float().div(255).unsqueeze(1)
+        labels = torch.from_numpy(f["labels"]).long()
+    return images, labels
+
+
+def sketch(kind: str = "house", size: int = 64) -> torch.Tensor:
+    """A hand-drawn-looking sketch made with PIL lines, (1, 3, size, size) in [-1, 1].
+
+    kind: "house" (a house under a sun, for IF) or a digit "0".."9" drawn as strokes (for MNIST).
+    Black strokes on white for "house"; white strokes on black for digits, like MNIST.
+    """
+    from PIL import Image, ImageDraw
+
+    s = 256
+    if kind == "house":
+        img = Image.new("RGB", (s, s), "white")
+        d = ImageDraw.Draw(img)
+        d.rectangle([60, 120, 190, 220], outline="black", width=6)
+        d.polygon([(45, 125), (125, 50), (205, 125)], outline="black", width=6)
+        d.rectangle([110, 165, 145, 220], outline="black", width=5)
+        d.ellipse([190, 20, 240, 70], outline="black", width=5)
+        d.line([(0, 225), (255, 225)], fill="black", width=4)
+    elif kind in "0123456789" and len(kind) == 1:
+        strokes = {
+            "0": [[(128, 40), (80, 70), (70, 128), (80, 190), (128, 215), (176, 190), (186, 128), (176, 70), (128, 40)]],
+            "1": [[(110, 70), (135, 45), (135, 215)]],
+            "2": [[(80, 80), (110, 45), (160, 50), (175, 95), (80, 210), (185, 210)]],
+            "3": [[(80, 60), (150, 45), (170, 90), (120, 125), (175, 160), (150, 210), (80, 200)]],
+            "4": [[(150, 215), (150, 45), (70, 160), (190, 160)]],
+            "5": [[(175, 45), (95, 45), (85, 120), (160, 115), (175, 175), (130, 212), (80, 195)]],
+            "6": [[(165, 50), (100, 90), (80, 170), (125, 212), (170, 175), (140, 130), (85, 150)]],
+            "7": [[(75, 50), (185, 50), (115, 215)]],
+            "8": [[(128, 125), (85, 90), (128, 45), (170, 90), (128, 125), (80, 170), (128, 212), (176, 170), (128, 125)]],
+            "9": [[(170, 95), (128, 50), (85, 95), (128, 130), (170, 95), (160, 215)]],
+        }[kind]
+        img = Image.new("RGB", (s, s), "black")
+        d = ImageDraw.Draw(img)
+        for line in strokes:
+            d.line(line, fill="white", width=22, joint="curve")
+    else:
+        raise ValueError(f"unknown sketch {kind!r}: use 'house' or a digit '0'..'9'")
+    img = img.resize((size, size), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    return (x * 2 - 1).unsqueeze(0)
+
+
+def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Sequence[str] | None = None) -> None:
+    """Run a lesson script from the command line: python lessons/<script>.py --out DIR [--quick]."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    p.add_argument("--out", default="out", help="folder for the figures (default: out)")
+    p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", choices=["auto", "if", "mnist"], default="auto")
+    p.add_argument("--image", default=None, help="your own image file, for the lessons that edit an image")
+    args = p.parse_args(argv)
+    ctx = LessonContext(out=Path(args.out), quick=args.quick, seed=args.seed, device=args.device, model=args.model,
+                        image=args.image)
+    run(ctx)
+    for path in ctx.written:
+        print(path)
