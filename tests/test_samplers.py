@@ -262,6 +262,7 @@ def test_gaussian_data_output_moments_match_the_closed_form_recursion(case):
     assert_moments(x, mean, var)
 
 
+@pytest.mark.slow  # 1000 steps: about 1.5 s on an idle 2-core CPU
 def test_gaussian_data_full_ddpm_chain_reaches_the_data_marginal():
     """All 1000 steps of the cosine schedule: the output should follow q(x_0) =
     N(sqrt(ab_0) MU, ab_0 STD^2 + 1 - ab_0) up to the chain's own discretisation gap (the
