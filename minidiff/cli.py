@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", choices=["auto", "if", "mnist"], default="auto",
                    help="Part A model: IF when its weights are here (auto), or the shipped MNIST model")
     q.add_argument("--image", default=None, help="your own image file, for the lessons that edit an image")
+    q.add_argument("--train", action="store_true", help="Part B: retrain instead of using the shipped weights")
     q.set_defaults(func=_lesson)
 
     q = sub.add_parser("sample-digits", help="sample MNIST digits with the shipped class-conditional model")

@@ -78,6 +78,7 @@ class LessonContext:
     model: str = "auto"  # "auto", "if" or "mnist"
     progress: bool = True
     image: str | None = None  # a user's image file, for the lessons that edit one
+    train: bool = False  # Part B: retrain instead of showing the shipped checkpoints
     written: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -418,9 +419,10 @@ def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Seq
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", choices=["auto", "if", "mnist"], default="auto")
     p.add_argument("--image", default=None, help="your own image file, for the lessons that edit an image")
+    p.add_argument("--train", action="store_true", help="Part B: retrain instead of using the shipped weights")
     args = p.parse_args(argv)
     ctx = LessonContext(out=Path(args.out), quick=args.quick, seed=args.seed, device=args.device, model=args.model,
-                        image=args.image)
+                        image=args.image, train=args.train)
     run(ctx)
     for path in ctx.written:
         print(path)

@@ -95,12 +95,14 @@ def load_lesson(info: LessonInfo) -> ModuleType:
 
 
 def run_lesson(info: LessonInfo, out: Path, quick: bool = False, seed: int = 0, device: str = "cpu",
-               model: str = "auto", progress: bool = True, image: str | None = None) -> list[Path]:
+               model: str = "auto", progress: bool = True, image: str | None = None,
+               train: bool = False) -> list[Path]:
     """Run one lesson; its figures go to out/<id>/. Returns the files it wrote."""
     from minidiff.course import LessonContext
 
     ctx = LessonContext(
-        out=Path(out) / info.id, quick=quick, seed=seed, device=device, model=model, progress=progress, image=image
+        out=Path(out) / info.id, quick=quick, seed=seed, device=device, model=model, progress=progress, image=image,
+        train=train,
     )
     ctx.out.mkdir(parents=True, exist_ok=True)
     load_lesson(info).run(ctx)
@@ -131,7 +133,7 @@ def cli_lesson(args) -> int:
         bar.set_postfix_str(info.id)
         start = time.perf_counter()
         written = run_lesson(info, Path(args.out), args.quick, args.seed, args.device, args.model,
-                             image=getattr(args, "image", None))
+                             image=getattr(args, "image", None), train=getattr(args, "train", False))
         tqdm.write(f"{info.id} {info.title}: {len(written)} files in {time.perf_counter() - start:.1f} s")
         for path in written:
             tqdm.write(f"    {path}")
