@@ -1,0 +1,340 @@
+"""Data: MNIST digits as tensors, and the image helpers every lesson uses.
+
+MNIST comes from a folder of IDX files (the format of the original distribution, gzipped
+or not) or, when online, from torchvision's download. Digits are float tensors in [0, 1]
+of shape (N, 1, 28, 28), labels int64 of shape (N,).
+
+The folder is found in this order: the ``root`` argument, the ``MINIDIFF_MNIST_DIR``
+environment variable, ``../shared/data/mnist`` next to the repository, and last
+torchvision's download into ``~/.cache/minidiff/mnist``.
+
+The splits minidiff trains and evaluates on (``training_set``, ``heldout_set``)::
+
+    training set = the train split (train5k-*: 5,000 digits, or the official 60,000 train-*)
+                   + the first 8,000 digits of t10k
+    held-out set = the last 2,000 digits of t10k (t10k[8000:]), never trained on
+
+Image helpers: ``load_image`` (any file to a (1, 3, S, S) tensor in [-1, 1], centre crop),
+``make_grid``, ``save_grid`` (PNG) and ``save_gif``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MNIST_ENV",
+    "HELDOUT_START",
+    "read_idx",
+    "write_idx",
+    "find_mnist_dir",
+    "load_mnist",
+    "training_set",
+    "heldout_set",
+    "load_image",
+    "to_uint8",
+    "make_grid",
+    "save_grid",
+    "save_gif",
+]
+
+MNIST_ENV = "MINIDIFF_MNIST_DIR"
+HELDOUT_START = 8000  # t10k[:8000] is trained on, t10k[8000:] is held out
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
+
+# The names each split goes by, first match wins.
+_SPLIT_FILES = {
+    "train": ["train", "train5k"],
+    "train5k": ["train5k"],
+    "t10k": ["t10k"],
+    "test": ["t10k"],
+}
+
+
+# ----------------------------------------------------------------------------------------
+# IDX files
+# ----------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): 2 zero bytes, a dtype code, the rank, the sizes, the data."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable IDX file ({err}); download it again") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number); download it again")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated (incomplete header); download it again")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path} is corrupt: its header promises shape {shape} ({expected} bytes) "
+            f"but it holds {len(raw) - header} bytes; download it again"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8/int8 array as an IDX file (gzipped when the name ends in .gz)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype not in _IDX_CODES:
+        raise ValueError(f"write_idx writes uint8 or int8 arrays, got {array.dtype}")
+    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+# ----------------------------------------------------------------------------------------
+# MNIST
+# ----------------------------------------------------------------------------------------
+
+
+def _repo_default_dir() -> Path:
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+def find_mnist_dir(root: str | os.PathLike | None = None) -> Path | None:
+    """The MNIST folder to read: root, else $MINIDIFF_MNIST_DIR, else ../shared/data/mnist; None if none.
+
+    An explicitly given folder (argument or environment variable) must exist.
+    """
+    for given, what in ((root, "the given MNIST folder"), (os.environ.get(MNIST_ENV), f"${MNIST_ENV}")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_dir():
+                raise FileNotFoundError(
+                    f"{what} {path} does not exist; point it to a folder holding "
+                    "t10k-images-idx3-ubyte.gz and friends, or leave it unset to download MNIST"
+                )
+            return path
+    default = _repo_default_dir()
+    return default if default.is_dir() else None
+
+
+def _find_pair(root: Path, split: str) -> tuple[Path, Path] | None:
+    for prefix in _SPLIT_FILES[split]:
+        for ext in (".gz", ""):
+            images = root / f"{prefix}-images-idx3-ubyte{ext}"
+            labels = root / f"{prefix}-labels-idx1-ubyte{ext}"
+            if images.is_file() and labels.is_file():
+                return images, labels
+    return None
+
+
+def _from_idx(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise ValueError(f"{images_path} must hold uint8 images of shape (N, 28, 28), got {images.shape} {images.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"{labels_path} must hold one label per image ({images.shape[0]}), got shape {labels.shape}"
+        )
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{labels_path} holds labels outside 0..9 (max {labels.max()}); the file is corrupt")
+    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y
+
+
+def _download(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError as err:  # pragma: no cover - torchvision is a dependency
+        raise FileNotFoundError("no MNIST folder found and torchvision is not installed to download it") from err
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minidiff" / "mnist"
+    try:
+        ds = MNIST(str(cache), train=(split == "train"), download=True)
+    except Exception as err:  # network errors come in many types
+        raise FileNotFoundError(
+            f"no MNIST folder found and the download failed ({err}); set ${MNIST_ENV} to a folder of "
+            "IDX files (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, train-*.gz or train5k-*.gz)"
+        ) from err
+    return ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()
+
+
+def load_mnist(
+    split: str = "train", root: str | os.PathLike | None = None, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MNIST split: images (N, 1, 28, 28) float32 in [0, 1] and labels (N,) int64.
+
+    split: "train" (official train-* if present, else train5k-*), "train5k", "t10k" or "test".
+    """
+    if split not in _SPLIT_FILES:
+        raise ValueError(f"unknown MNIST split {split!r}; choose one of {sorted(_SPLIT_FILES)}")
+    folder = find_mnist_dir(root)
+    if folder is not None:
+        pair = _find_pair(folder, split)
+        if pair is not None:
+            return _from_idx(*pair)
+        if root is not None or os.environ.get(MNIST_ENV) or not download:
+            names = " or ".join(f"{p}-images-idx3-ubyte[.gz]" for p in _SPLIT_FILES[split])
+            raise FileNotFoundError(
+                f"MNIST folder {folder} has no {split!r} split: expected {names} with its labels file"
+            )
+    if not download:
+        raise FileNotFoundError(f"no MNIST folder found; set ${MNIST_ENV} or pass root=")
+    if split == "train5k":
+        raise FileNotFoundError("train5k exists only as IDX files; set ${MNIST_ENV} to their folder")
+    return _download("train" if split == "train" else "test")
+
+
+def training_set(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What minidiff trains on: the train split plus t10k[:8000]."""
+    x_tr, y_tr = load_mnist("train", root)
+    x_te, y_te = load_mnist("t10k", root)
+    return torch.cat([x_tr, x_te[:HELDOUT_START]]), torch.cat([y_tr, y_te[:HELDOUT_START]])
+
+
+def heldout_set(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What minidiff evaluates on: t10k[8000:] (2,000 digits with the official test split)."""
+    x_te, y_te = load_mnist("t10k", root)
+    if x_te.shape[0] <= HELDOUT_START:
+        raise ValueError(f"t10k has only {x_te.shape[0]} digits; the held-out part starts at {HELDOUT_START}")
+    return x_te[HELDOUT_START:], y_te[HELDOUT_START:]
+
+
+# ----------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike, size: int = 64) -> torch.Tensor:
+    """Any image file (RGB, RGBA, grayscale, palette; any size) -> (1, 3, size, size) in [-1, 1].
+
+    The largest centred square is cropped, then resized with antialiased bicubic filtering.
+    Transparent pixels are composited onto white.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read {path} as an image ({err})") from err
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    img = img.convert("RGB")
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    return (x * 2 - 1).unsqueeze(0)
+
+
+def _value_range(x: torch.Tensor, value_range: tuple[float, float] | None) -> tuple[float, float]:
+    if value_range is not None:
+        lo, hi = value_range
+        if not hi > lo:
+            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+        return float(lo), float(hi)
+    return (-1.0, 1.0) if float(x.min()) < 0 else (0.0, 1.0)
+
+
+def to_uint8(x: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Map [low, high] to 0..255 uint8 (clipping). value_range None: [-1, 1] if x has negatives, else [0, 1]."""
+    lo, hi = _value_range(x, value_range)
+    y = (x.detach().float().cpu() - lo) / (hi - lo)
+    return (y.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
+    """Tile (B, C, H, W) images into one (C, H', W') image, nrow images per row."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"make_grid takes a non-empty (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    if nrow < 1 or padding < 0:
+        raise ValueError(f"need nrow >= 1 and padding >= 0, got nrow={nrow}, padding={padding}")
+    b, c, h, w = images.shape
+    ncol = min(nrow, b)
+    nrows = (b + ncol - 1) // ncol
+    grid = torch.full(
+        (c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value, dtype=images.dtype
+    )
+    for i in range(b):
+        r, q = divmod(i, ncol)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def _to_pil(images: torch.Tensor, nrow: int, value_range: tuple[float, float] | None, padding: int):
+    from PIL import Image
+
+    lo, hi = _value_range(images, value_range)
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=lo)
+    arr = to_uint8(grid, (lo, hi)).permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        return Image.fromarray(arr[:, :, 0], mode="L")
+    if arr.shape[2] != 3:
+        raise ValueError(f"images must have 1 or 3 channels, got {arr.shape[2]}")
+    return Image.fromarray(arr, mode="RGB")
+
+
+def save_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: int = 8,
+    value_range: tuple[float, float] | None = None,
+    padding: int = 2,
+) -> Path:
+    """Save (B, C, H, W) images (C = 1 or 3) as one PNG grid. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _to_pil(images, nrow, value_range, padding).save(path)
+    return path
+
+
+def save_gif(
+    frames: Sequence[torch.Tensor] | Iterable[torch.Tensor],
+    path: str | os.PathLike,
+    nrow: int = 8,
+    value_range: tuple[float, float] | None = None,
+    duration_ms: int = 80,
+    padding: int = 2,
+    hold_last_ms: int = 1000,
+) -> Path:
+    """Save a GIF: each frame is a (B, C, H, W) batch (tiled as a grid) or one (C, H, W) image.
+
+    The last frame is held for ``hold_last_ms`` so the result can be seen before it loops.
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    if value_range is None:  # one range for the whole animation, so brightness does not flicker
+        value_range = _value_range(torch.stack([f.detach().float().min() for f in frames]), None)
+    pil = [_to_pil(f, nrow, value_range, padding) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durations = [duration_ms] * (len(pil) - 1) + [max(duration_ms, hold_last_ms)]
+    pil[0].save(path, save_all=True, append_images=pil[1:], duration=durations, loop=0)
+    return path
