@@ -137,7 +137,9 @@ class AttentionPooling(nn.Module):
         if dim % num_heads:
             raise ValueError(f"text pooling width {dim} is not divisible by its {num_heads} heads")
         self.num_heads = num_heads
-        self.positional_embedding = nn.Parameter(torch.randn(1, dim) / dim**0.5)
+        self.positional_embedding = nn.Parameter(torch.empty(1, dim))
+        if self.positional_embedding.device.type != "meta":  # random ops on meta import sympy (2 s)
+            nn.init.normal_(self.positional_embedding, std=dim**-0.5)
         self.k_proj = nn.Linear(dim, dim)
         self.q_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
