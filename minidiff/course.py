@@ -427,3 +427,134 @@ def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Seq
     run(ctx)
     for path in ctx.written:
         print(path)
+
+
+# ----------------------------------------------------------------------------------------
+# Part B: training runs (shipped, or retrained with --train), loss curves, the judge
+# ----------------------------------------------------------------------------------------
+
+
+def part_b_run(ctx: LessonContext, name: str) -> Path:
+    """The folder of a Part B training run: model.safetensors + config.json, loss.csv, snapshots/epoch_NNN.
+
+    By default the shipped run weights/mnist/<name>. With ctx.train, a fresh run of the
+    recipe <name> (``minidiff.train.RECIPES``) into ctx.out/train/<name>, timed; in quick
+    mode on 256 digits at width D = 8, only to show that the path works.
+    """
+    import time
+
+    from minidiff import mnist_pipeline
+
+    if not ctx.train:
+        folder = mnist_pipeline.WEIGHTS_DIR / name
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no shipped MNIST run {name!r} in {mnist_pipeline.WEIGHTS_DIR}: use a complete checkout, "
+                f"or rerun with --train to train it here (minidiff train {name})"
+            )
+        return folder
+    from minidiff.data import training_set
+    from minidiff.train import recipe_config, train
+
+    x, y = training_set()
+    overrides: dict = {"seed": ctx.seed}
+    if ctx.quick:
+        x, y = x[:256], y[:256]
+        overrides.update(num_hiddens=8, batch_size=32)
+    cfg = recipe_config(name, **overrides)
+    folder = ctx.out / "train" / name
+    start = time.perf_counter()
+    train(cfg, folder, data=(x, y), device=ctx.device, progress=ctx.progress)
+    ctx.say(f"retrained {name}: {cfg['epochs']} epochs on {x.shape[0]} digits (D = {cfg['num_hiddens']}) "
+            f"in {time.perf_counter() - start:.0f} s on this machine")
+    return folder
+
+
+def run_config(folder: Path) -> dict:
+    import json
+
+    with open(Path(folder) / "config.json") as f:
+        return json.load(f)
+
+
+def run_epochs(folder: Path) -> dict[int, Path]:
+    """{epoch: checkpoint folder} of a run: each snapshots/epoch_NNN, and the final model at its last epoch."""
+    found = {}
+    for snap in sorted((Path(folder) / "snapshots").glob("epoch_*")):
+        if (snap / "config.json").is_file():
+            found[int(snap.name.split("_")[1])] = snap
+    cfg = run_config(folder)
+    found[round(cfg.get("epochs_done", cfg["epochs"]))] = Path(folder)
+    return dict(sorted(found.items()))
+
+
+def trained_how(folder: Path) -> str:
+    """'10 epochs, 3.2k steps, 14 min here': what a run's config says about its training."""
+    cfg = run_config(folder)
+    text = f"{cfg.get('epochs_done', cfg['epochs']):g} epochs, {cfg.get('steps', 0)} steps of {cfg['batch_size']}"
+    if cfg.get("wall_s"):
+        wall = float(cfg["wall_s"])
+        text += f", {wall / 60:.1f} min" if wall >= 120 else f", {wall:.0f} s"
+    return text
+
+
+def save_loss_curve(ctx: LessonContext, name: str, folder: Path, title: str) -> Path:
+    """A run's training loss (folder/loss.csv) against epochs, on a log scale, with a running mean."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log_file = Path(folder) / "loss.csv"
+    if not log_file.is_file():
+        raise FileNotFoundError(f"{log_file} not found: the run's loss log ships with its weights")
+    with open(log_file) as f:
+        rows = list(csv.DictReader(f))
+    steps_per_epoch = run_config(folder).get("steps_per_epoch") or max(1, len(rows))
+    epoch = np.array([int(r["step"]) for r in rows]) / steps_per_epoch
+    loss = np.array([float(r["loss"]) for r in rows])
+    window = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epoch, loss, lw=0.5, alpha=0.4 if window > 1 else 1.0, label="loss per step")
+    if window > 1:
+        ax.plot(epoch[window - 1 :], smooth, lw=1.5, label=f"mean of {window} steps")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (MSE)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    path = ctx.path(name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+_judges: dict[Path, torch.nn.Module] = {}
+
+
+def judge_says(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """What the shipped judge reads in digits (N, 1, 28, 28) in [0, 1], for a figure title.
+
+    With labels: 'judge: 97% correct'. Without (unconditional samples): the share it reads
+    with confidence above 0.9, 'judge: 83% legible'. '' when no judge is shipped.
+    """
+    from minidiff import mnist_pipeline
+
+    folder = mnist_pipeline.WEIGHTS_DIR / "judge"
+    if folder not in _judges:
+        if not (folder / "config.json").is_file():
+            return ""
+        _judges[folder] = mnist_pipeline.load_mnist_model(folder).net
+    judge = _judges[folder]
+    from minidiff.metrics import judge_accuracy
+
+    x = images.detach().float().cpu().clamp(0, 1)
+    if labels is not None:
+        return f"judge: {judge_accuracy(judge, x, labels.cpu()):.0%} correct"
+    with torch.no_grad():
+        confidence = judge(x).softmax(dim=1).amax(dim=1)
+    return f"judge: {float((confidence > 0.9).float().mean()):.0%} legible"
