@@ -29,7 +29,7 @@ def run(ctx: LessonContext) -> None:
     show = slice(None, 16 if ctx.quick else 40, 4)  # one digit of each class
 
     rows = [list(x[show]), list(z[show])]
-    labels_rows = ["clean x", f"noisy z\nPSNR {psnr(z, x):.1f} dB"]
+    labels_rows = [f"clean x\n{judge_says(x, labels)}", f"noisy z\nPSNR {psnr(z, x):.1f} dB"]
     for epoch, folder in run_epochs(run_dir).items():
         denoiser = load_mnist_model(folder, device=ctx.device)
         x_hat = denoiser(z.to(ctx.device)).cpu()  # D(z): one network call, no time input

@@ -489,9 +489,11 @@ def run_epochs(folder: Path) -> dict[int, Path]:
 
 
 def trained_how(folder: Path) -> str:
-    """'10 epochs, 3.2k steps, 14 min here': what a run's config says about its training."""
+    """'D = 32, 10 epochs, 2030 steps of 64, 14.2 min': what a run's config says about its training."""
     cfg = run_config(folder)
     text = f"{cfg.get('epochs_done', cfg['epochs']):g} epochs, {cfg.get('steps', 0)} steps of {cfg['batch_size']}"
+    if cfg.get("num_hiddens"):
+        text = f"D = {cfg['num_hiddens']}, " + text
     if cfg.get("wall_s"):
         wall = float(cfg["wall_s"])
         text += f", {wall / 60:.1f} min" if wall >= 120 else f", {wall:.0f} s"
