@@ -438,8 +438,9 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
     """The folder of a Part B training run: model.safetensors + config.json, loss.csv, snapshots/epoch_NNN.
 
     By default the shipped run weights/mnist/<name>. With ctx.train, a fresh run of the
-    recipe <name> (``minidiff.train.RECIPES``) into ctx.out/train/<name>, timed; in quick
-    mode on 256 digits at width D = 8, only to show that the path works.
+    recipe <name> (``minidiff.train.RECIPES``) into ctx.out/train/<name>, timed (or the same
+    run made by an earlier lesson into the same --out); in quick mode on 256 digits at
+    width D = 8, only to show that the path works.
     """
     import time
 
@@ -462,6 +463,15 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
         x, y = x[:256], y[:256]
         overrides.update(num_hiddens=8, batch_size=32)
     cfg = recipe_config(name, **overrides)
+    # A lesson run earlier into the same --out (lesson all --train) may have trained it already.
+    for earlier in sorted(ctx.out.parent.glob(f"*/train/{name}/config.json")):
+        if earlier.parents[2] == ctx.out:
+            continue  # this lesson's own run from before: --train means train again
+        done = run_config(earlier.parent)
+        if all(done.get(k) == cfg[k] for k in ("recipe", "num_hiddens", "batch_size", "epochs", "seed")) and \
+                done.get("train_images") == x.shape[0] and done.get("epochs_done") == cfg["epochs"]:
+            ctx.say(f"using {name} as retrained by lesson {earlier.parents[2].name} ({trained_how(earlier.parent)})")
+            return earlier.parent
     folder = ctx.out / "train" / name
     start = time.perf_counter()
     train(cfg, folder, data=(x, y), device=ctx.device, progress=ctx.progress)
