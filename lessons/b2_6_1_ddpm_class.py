@@ -45,8 +45,9 @@ def run(ctx: LessonContext) -> None:
 
     # The last epoch's samples: the grid and the GIF.
     grid = x.cpu().view(per_class, 10, 1, 28, 28)
-    ctx.save_rows("cfg_grid.png", [list(r) for r in grid], [digit_titles[0]] + [[]] * (per_class - 1), None, value_range=(0.0, 1.0),
-                  cell=1.0, suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
+    grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
+    ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
+                  suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
     ctx.save_gif("sampling.gif", [f.cpu() for f in path], nrow=10, value_range=(0.0, 1.0),
                  duration_ms=max(60, 2000 // len(path)))
 

@@ -51,7 +51,8 @@ def run(ctx: LessonContext) -> None:
 
     # The last epoch's samples (model, x, path are the final model's): the grid and the GIF.
     grid = x.cpu().view(per_class, 10, 1, 28, 28)
-    ctx.save_rows("cfg_grid.png", [list(r) for r in grid], [digit_titles[0]] + [[]] * (per_class - 1), None, value_range=(0.0, 1.0), cell=1.0,
+    grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
+    ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
                   suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
     ctx.save_gif("sampling.gif", [f.cpu() for f in path], nrow=10, value_range=(0.0, 1.0),
                  duration_ms=max(60, 2000 // len(path)))
@@ -61,7 +62,8 @@ def run(ctx: LessonContext) -> None:
     for scale in scales:
         x = sample(model, scale, n=10).cpu()
         rows.append(list(x))
-        row_labels.append(f"scale {scale:g}" + (" (no class)" if scale == 0 else "") + f"\n{judge_says(x, labels[:10])}")
+        name = "scale 0 (no class)" if scale == 0 else f"scale {scale:g}"
+        row_labels.append(f"{name}\n{judge_says(x, labels[:10])}")
     ctx.save_rows("guidance_scales.png", rows, None, row_labels, value_range=(0.0, 1.0), cell=1.2,
                   suptitle="classifier-free guidance: same noise in each column")
 
