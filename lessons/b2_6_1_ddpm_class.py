@@ -13,7 +13,8 @@ pure noise (t = T - 1) to digits. Titles say how many the judge reads as their c
 
 import torch
 
-from minidiff.course import LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, trained_how
+from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, save_sampling_gif,
+                             trained_how)
 from minidiff.guidance import cfg
 from minidiff.mnist_pipeline import class_vectors, ddpm_timesteps, load_mnist_model
 from minidiff.samplers import iterative_denoise
@@ -48,8 +49,7 @@ def run(ctx: LessonContext) -> None:
     grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
     ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
                   suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
-    ctx.save_gif("sampling.gif", [f.cpu() for f in path], nrow=10, value_range=(0.0, 1.0),
-                 duration_ms=max(60, 2000 // len(path)))
+    save_sampling_gif(ctx, "sampling.gif", path)
 
 
 if __name__ == "__main__":

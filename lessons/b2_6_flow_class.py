@@ -15,7 +15,8 @@ digits (t = 1). Titles say how many samples the judge classifier reads as their 
 
 import torch
 
-from minidiff.course import LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, trained_how
+from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, save_sampling_gif,
+                             trained_how)
 from minidiff.guidance import cfg
 from minidiff.mnist_pipeline import class_vectors, flow_time_grid, load_mnist_model
 from minidiff.samplers import flow_heun
@@ -54,8 +55,7 @@ def run(ctx: LessonContext) -> None:
     grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
     ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
                   suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
-    ctx.save_gif("sampling.gif", [f.cpu() for f in path], nrow=10, value_range=(0.0, 1.0),
-                 duration_ms=max(60, 2000 // len(path)))
+    save_sampling_gif(ctx, "sampling.gif", path)
 
     scales = [1.0, GUIDANCE] if ctx.quick else [0.0, 1.0, 3.0, GUIDANCE]
     rows, row_labels = [], []

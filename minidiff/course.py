@@ -570,3 +570,16 @@ def judge_says(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
     with torch.no_grad():
         confidence = judge(x).softmax(dim=1).amax(dim=1)
     return f"judge: {float((confidence > 0.9).float().mean()):.0%} legible"
+
+
+def save_sampling_gif(ctx: LessonContext, name: str, states: Sequence[torch.Tensor], nrow: int = 10,
+                      scale: int = 2, max_frames: int = 16, value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+    """A GIF of a sampler's states x_t (each (B, C, H, W)), from noise to the last, as a grid.
+
+    Images are enlarged `scale` times (nearest) to be seen; at most max_frames + 1 evenly
+    spaced states are kept (noise frames are large in a GIF), always the first and last.
+    """
+    keep = sorted({round(i * (len(states) - 1) / max_frames) for i in range(max_frames + 1)})
+    frames = [torch.nn.functional.interpolate(states[i].detach().float().cpu(), scale_factor=scale, mode="nearest")
+              for i in keep]
+    return ctx.save_gif(name, frames, nrow=nrow, value_range=value_range, duration_ms=max(80, 2000 // len(frames)))
