@@ -20,9 +20,9 @@ test digits in quick mode and where no MNIST data is found.
 
 import torch
 
+from minidiff import mnist_pipeline
 from minidiff.course import LessonContext, run_config, sample_digits_real, save_loss_curve, trained_how
 from minidiff.data import find_mnist_dir, training_set
-from minidiff import mnist_pipeline
 from minidiff.mnist_pipeline import load_mnist_model
 from minidiff.train import recipe_config, train
 
