@@ -127,3 +127,21 @@ def test_shipped_weights_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="MINIDIFF_WEIGHTS"):
         hub.shipped_weights_dir()
+
+
+def test_from_pretrained_with_a_repo_id_downloads_then_loads(monkeypatch, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from minidiff.models.if_unet import IFUNet
+
+    tiny = Path(__file__).parent / "fixtures" / "if_tiny"
+
+    def fake_snapshot(repo_id, allow_patterns=None, cache_dir=None, **kwargs):
+        assert repo_id == "DeepFloyd/IF-I-XL-v1.0"
+        shutil.copytree(tiny, tmp_path / "unet", dirs_exist_ok=True)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    unet = IFUNet.from_pretrained("DeepFloyd/IF-I-XL-v1.0")
+    assert unet.config["block_out_channels"] == [8, 16, 16, 24]
