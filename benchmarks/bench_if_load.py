@@ -17,6 +17,7 @@ then the two alternate and the median is reported.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -48,8 +49,6 @@ def run_once(name: str, path: str, threads: int) -> tuple[float, float, int]:
     """(seconds to ready, peak RSS in GB, parameter count) of one fresh process."""
     code = CHILD[name].format(path=path) + REPORT
     env_threads = {"OMP_NUM_THREADS": str(threads)}
-    import os
-
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **env_threads})

@@ -39,7 +39,7 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
