@@ -548,28 +548,23 @@ def save_loss_curve(ctx: LessonContext, name: str, folder: Path, title: str) -> 
 _judges: dict[Path, torch.nn.Module] = {}
 
 
-def judge_says(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
-    """What the shipped judge reads in digits (N, 1, 28, 28) in [0, 1], for a figure title.
+def judge_says(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """'judge: 97% correct': how many digits (N, 1, 28, 28) in [0, 1] the shipped judge reads as
+    their labels (N,), for a figure title; '' when no judge is shipped.
 
-    With labels: 'judge: 97% correct'. Without (unconditional samples): the share it reads
-    with confidence above 0.9, 'judge: 83% legible'. '' when no judge is shipped.
+    Only for digits meant to be a class: on noise or scribbles the judge still answers, often
+    confidently, so its confidence says nothing about unconditional samples.
     """
     from minidiff import mnist_pipeline
+    from minidiff.metrics import judge_accuracy
 
     folder = mnist_pipeline.WEIGHTS_DIR / "judge"
     if folder not in _judges:
         if not (folder / "config.json").is_file():
             return ""
         _judges[folder] = mnist_pipeline.load_mnist_model(folder).net
-    judge = _judges[folder]
-    from minidiff.metrics import judge_accuracy
-
-    x = images.detach().float().cpu().clamp(0, 1)
-    if labels is not None:
-        return f"judge: {judge_accuracy(judge, x, labels.cpu()):.0%} correct"
-    with torch.no_grad():
-        confidence = judge(x).softmax(dim=1).amax(dim=1)
-    return f"judge: {float((confidence > 0.9).float().mean()):.0%} legible"
+    accuracy = judge_accuracy(_judges[folder], images.detach().float().cpu().clamp(0, 1), labels.cpu())
+    return f"judge: {accuracy:.0%} correct"
 
 
 def save_sampling_gif(ctx: LessonContext, name: str, states: Sequence[torch.Tensor], nrow: int = 10,
