@@ -40,7 +40,7 @@ def run(ctx: LessonContext) -> None:
         rows.append(list(x[:10].cpu()))
         row_labels.append(f"epoch {epoch}\n{judge_says(x, labels)}")
     digit_titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]]
-    ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.2,
+    ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.5,
                   suptitle=f"DDPM, guidance {GUIDANCE:g}, {steps} of {model.config['T']} steps, same noise in each "
                            f"column (judge over {labels.shape[0]} samples)")
 

@@ -46,7 +46,7 @@ def run(ctx: LessonContext) -> None:
         rows.append(list(x[:10].cpu()))
         row_labels.append(f"epoch {epoch}\n{judge_says(x, labels)}")
     digit_titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]]
-    ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.2,
+    ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.5,
                   suptitle=f"guidance {GUIDANCE:g}, Heun {steps} steps, same noise in each column "
                            f"(judge over {labels.shape[0]} samples)")
 
@@ -64,7 +64,7 @@ def run(ctx: LessonContext) -> None:
         rows.append(list(x))
         name = "scale 0 (no class)" if scale == 0 else f"scale {scale:g}"
         row_labels.append(f"{name}\n{judge_says(x, labels[:10])}")
-    ctx.save_rows("guidance_scales.png", rows, None, row_labels, value_range=(0.0, 1.0), cell=1.2,
+    ctx.save_rows("guidance_scales.png", rows, None, row_labels, value_range=(0.0, 1.0), cell=1.5,
                   suptitle="classifier-free guidance: same noise in each column")
 
 
