@@ -59,6 +59,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "train",
+    "export_checkpoint",
     "cli_train",
 ]
 
@@ -520,3 +521,18 @@ def cli_train(args) -> int:
     train(cfg, args.out, data=data, resume=args.resume, device=args.device, command=command)
     print(f"saved {cfg['recipe']} model to {args.out}")
     return 0
+
+
+def export_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None, **extra: Any
+) -> Path:
+    """Copy a trained model (model.safetensors + config.json) to dst for shipping.
+
+    dtype casts the stored floats (fp16 halves the size; loading casts back to fp32);
+    extra keys are merged into the config (e.g. sampler defaults, measured quality).
+    The training state (optimizer moments) is not copied.
+    """
+    model, cfg = load_checkpoint(src)
+    cfg.update(extra)
+    cfg.pop("dtype", None)
+    return save_checkpoint(model, cfg, dst, dtype=dtype)

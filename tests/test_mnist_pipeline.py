@@ -1,0 +1,127 @@
+"""MNIST models behind the model(x_t, t, cond) contract; sample-digits; the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minidiff import mnist_pipeline as P
+from minidiff.cli import main
+from minidiff.metrics import judge_accuracy
+from minidiff.train import build_from_config, recipe_config, save_checkpoint
+
+
+class Recorder(torch.nn.Module):
+    """Stands in for a UNet: remembers its inputs, returns zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, x, t=None, c=None):
+        self.calls.append((x, t, c))
+        return torch.zeros_like(x)
+
+
+def test_ddpm_adapter_divides_t_by_T_and_passes_the_class():
+    rec = Recorder()
+    m = P.MNISTModel(rec, recipe_config("ddpm-class"))
+    x, cond = torch.randn(3, 1, 28, 28), P.class_vectors([1, 2, 3])
+    m(x, torch.tensor([0, 150, 299]), cond)
+    _, t, c = rec.calls[-1]
+    torch.testing.assert_close(t, torch.tensor([0.0, 0.5, 299 / 300]))
+    assert torch.equal(c, cond)
+    with pytest.raises(ValueError, match="cond"):
+        m(x, torch.tensor([1, 2, 3]))
+
+
+def test_flow_adapter_passes_t_and_time_models_ignore_cond():
+    rec = Recorder()
+    m = P.MNISTModel(rec, recipe_config("flow-time"))
+    m(torch.randn(2, 1, 28, 28), torch.tensor([0.25, 0.75]), m.uncond(2))
+    x, t, c = rec.calls[-1]
+    torch.testing.assert_close(t, torch.tensor([0.25, 0.75]))
+    assert c is None
+    assert torch.equal(m.uncond(2), torch.zeros(2, 10))
+
+
+def test_time_grids_and_ddpm_timesteps():
+    for grid in ("uniform", "late", "early"):
+        ts = P.flow_time_grid(8, grid)
+        assert len(ts) == 9 and ts[0] == 0.0 and ts[-1] == pytest.approx(1.0)
+        assert all(a < b for a, b in zip(ts, ts[1:]))
+    ts = P.ddpm_timesteps(300, 30)
+    assert ts[0] == 299 and ts[-2] == 0 and ts[-1] == -1 and len(ts) == 31
+    with pytest.raises(ValueError):
+        P.ddpm_timesteps(300, 0)
+    assert P.function_evaluations("heun", 8) == 15 and P.function_evaluations("euler", 16) == 16
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    out = {}
+    for recipe in ("flow-class", "ddpm-class"):
+        cfg = recipe_config(recipe, num_hiddens=4)
+        save_checkpoint(build_from_config(cfg).eval(), cfg, tmp_path / recipe)
+        out[recipe] = tmp_path / recipe
+    return out
+
+
+@pytest.mark.parametrize("recipe,method,steps", [("flow-class", "heun", 3), ("flow-class", "euler", 4), ("ddpm-class", "ddpm", 5)])
+def test_sample_digits_format_and_seed(tiny_checkpoints, recipe, method, steps):
+    kw = dict(per_class=2, guidance=5.0, steps=steps, method=method, progress=False)
+    images, labels = P.sample_digits(tiny_checkpoints[recipe], seed=1, **kw)
+    assert images.shape == (20, 28, 28) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.tolist() == [c for c in range(10) for _ in range(2)]
+    again, _ = P.sample_digits(tiny_checkpoints[recipe], seed=1, **kw)
+    other, _ = P.sample_digits(tiny_checkpoints[recipe], seed=2, **kw)
+    assert np.array_equal(images, again) and not np.array_equal(images, other)
+
+
+def test_sample_digits_bad_input(tiny_checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="per_class"):
+        P.sample_digits(tiny_checkpoints["flow-class"], per_class=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        P.sample_digits(tiny_checkpoints["flow-class"], per_class=1, method="ddim", progress=False)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        P.load_mnist_model(tmp_path / "nothing")
+
+
+def test_cli_sample_digits_writes_the_npz(tiny_checkpoints, tmp_path):
+    out = tmp_path / "d.npz"
+    rc = main(["sample-digits", "--per-class", "1", "--steps", "2", "--seed", "0", "--out", str(out),
+               "--model", str(tiny_checkpoints["flow-class"])])
+    assert rc == 0
+    with np.load(out) as f:
+        assert f["images"].shape == (10, 28, 28) and f["images"].dtype == np.uint8
+        assert f["labels"].tolist() == list(range(10)) and f["labels"].dtype == np.int64
+    assert main(["sample-digits", "--out", str(tmp_path / "d.png"), "--model", str(tiny_checkpoints["flow-class"])]) == 2
+
+
+QUALITY = P.WEIGHTS_DIR / "quality.json"
+
+
+def test_every_shipped_model_loads():
+    names = json.loads(QUALITY.read_text())["models"]
+    for name in names:
+        m = P.load_mnist_model(name)
+        assert isinstance(m.net, torch.nn.Module)
+        assert m.config["kind"] in ("flow", "ddpm", "denoiser", "judge")
+
+
+def test_shipped_flow_model_gives_the_documented_judge_accuracy():
+    """Seeded small sample with the default sampler (Heun, 15 evaluations, CFG 5): the judge's
+    accuracy is the one written in weights/mnist/quality.json (one digit of slack for
+    floating-point differences between machines)."""
+    doc = json.loads(QUALITY.read_text())["test_sample"]
+    images, labels = P.sample_digits("flow-class", per_class=doc["per_class"], guidance=doc["guidance"],
+                                     seed=doc["seed"], progress=False)
+    judge = P.load_mnist_model("judge").net
+    acc = judge_accuracy(judge, images, labels)
+    assert abs(acc - doc["judge_accuracy"]) <= 1 / labels.shape[0] + 1e-9
+    assert acc >= 0.95
