@@ -106,8 +106,8 @@ def main() -> None:
 
     if "ddpm" in parts and (w / "ddpm-class").is_dir():
         m = load_mnist_model(w / "ddpm-class")
-        for method, steps in [("ddpm", 100), ("ddim", 20)]:
-            per = 10 if steps > 50 else args.table_per_class
+        for method, steps in [("ddpm", 30), ("ddim", 20)]:
+            per = args.table_per_class
             images, labels, dt = run(m, per, seed=2, method=method, steps=steps)
             report(f"ddpm_class_{method}_{steps}", {"judge_accuracy": judge_accuracy(judge, images, labels),
                                                    "digits": int(labels.shape[0]), "seconds": round(dt, 1)})

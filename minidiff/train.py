@@ -77,7 +77,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "flow-time": dict(kind="flow", arch="time", num_hiddens=32,
                       epochs=10, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 5]),
     "flow-class": dict(kind="flow", arch="class", num_hiddens=32, p_uncond=0.1,
-                       epochs=10, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 5]),
+                       epochs=8, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 2, 5, 8]),
     "judge": dict(kind="judge", arch="judge", width=32, max_shift=2,
                   epochs=4, batch_size=64, lr=1e-3, lr_decay=True, snapshot_epochs=[]),
 }
