@@ -15,7 +15,7 @@ from minidiff.samplers import one_step_denoise
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
-    den = a.conditional(a.cond(IF_PROMPTS["photo"], 7))
+    den = a.conditional(a.cond(IF_PROMPTS["photo"], None))
     rows, titles = [], []
     for i, t in enumerate(a.scale_t(t) for t in (250, 500, 750)):
         x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(i)), t)

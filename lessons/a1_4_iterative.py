@@ -21,7 +21,7 @@ def run(ctx: LessonContext) -> None:
     i_start = 10
     t_start = a.timesteps[i_start]
     x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(0)), t_start)
-    den = a.conditional(a.cond(IF_PROMPTS["photo"], 7))
+    den = a.conditional(a.cond(IF_PROMPTS["photo"], None))
     x, states = iterative_denoise(den, x_t, a.schedule, a.timesteps, i_start=i_start, generator=ctx.generator(1),
                                   progress=ctx.progress, return_intermediates=True)
     # every 5th state of the loop, as the course shows it

@@ -20,7 +20,7 @@ def run(ctx: LessonContext) -> None:
         "web": a.to_model_range(load_image(web_path, 64)),
         "drawn": a.to_model_range(sketch("house" if a.is_if else "4", 64)),
     }
-    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], 4), a.uncond(), a.guidance_scale)
+    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)
     i_starts = [1, 10] if ctx.quick else I_STARTS
     for name, image in images.items():
         row, titles = sdedit_levels(ctx, a, image, den, i_starts)

@@ -22,7 +22,7 @@ def run(ctx: LessonContext) -> None:
         mask[..., 2:24, 16:48] = 1  # the top of the picture: a new head, hat or sky
     else:
         mask[..., : h // 2, :] = 1  # the top half of the digit
-    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], 7), a.uncond(), a.guidance_scale)
+    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)
     n = 1 if ctx.quick else 3
     results = [inpaint(den, image, mask, a.schedule, a.timesteps, generator=ctx.generator(k), progress=ctx.progress)
                for k in range(n)]

@@ -5,7 +5,8 @@ Noise a real image to timesteps[i_start] and denoise it with CFG:
     x_t = sqrt(ab_t) x_orig + sqrt(1 - ab_t) eps,   then iterative denoising from i_start
 
 Small i_start (much noise) lets the model invent; large i_start keeps the original.
-The course's levels are i_start = 1, 3, 5, 7, 10, 20.
+The course's levels are i_start = 1, 3, 5, 7, 10, 20. The prompt is the generic "a high
+quality photo"; on MNIST its stand-in is no class at all, so the model may pick any digit.
 """
 
 from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
@@ -15,7 +16,7 @@ from minidiff.guidance import cfg
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     image = a.test_image()
-    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], 7), a.uncond(), a.guidance_scale)
+    den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)
     i_starts = [1, 10] if ctx.quick else I_STARTS
     row, titles = sdedit_levels(ctx, a, image, den, i_starts)
     ctx.save_rows("sdedit.png", [row], [titles], value_range=a.value_range, cell=1.8)

@@ -195,10 +195,16 @@ class PartA:
         """A timestep of the course (out of 1000) on this schedule: the same fraction of T."""
         return min(self.T - 1, round(t_if * self.T / 1000))
 
-    def cond(self, prompt: str, digit: int) -> torch.Tensor:
-        """(1, ...) condition: the prompt's T5 embedding (IF) or the digit's one-hot vector."""
+    def cond(self, prompt: str, digit: int | None) -> torch.Tensor:
+        """(1, ...) condition: the prompt's T5 embedding (IF) or the digit's one-hot vector.
+
+        digit None stands for the course's generic prompt ("a high quality photo"): on MNIST
+        it is the zero "no class" vector, so the model may make any digit.
+        """
         if self.is_if:
             return self.encode([prompt]).to(self.device)
+        if digit is None:
+            return self.uncond()
         from minidiff.mnist_pipeline import class_vectors
 
         return class_vectors([digit], self.device)
@@ -209,8 +215,10 @@ class PartA:
             return self.encode([""]).to(self.device)
         return torch.zeros(1, 10, device=self.device)
 
-    def label(self, prompt: str, digit: int) -> str:
-        return prompt if self.is_if else f"digit {digit}"
+    def label(self, prompt: str, digit: int | None) -> str:
+        if self.is_if:
+            return prompt
+        return "any digit" if digit is None else f"digit {digit}"
 
     def conditional(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The plain conditional denoiser den(x_t, t) = model(x_t, t, cond), without guidance."""
