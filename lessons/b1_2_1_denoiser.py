@@ -29,14 +29,14 @@ def run(ctx: LessonContext) -> None:
     show = slice(None, 16 if ctx.quick else 40, 4)  # one digit of each class
 
     rows = [list(x[show]), list(z[show])]
-    labels_rows = [f"clean x\n{judge_says(x, labels)}", f"noisy z\nPSNR {psnr(z, x):.1f} dB"]
+    labels_rows = [f"clean x\n{judge_says(x, labels)}", f"noisy z\nPSNR {psnr(z.clamp(0, 1), x):.1f} dB"]
     for epoch, folder in run_epochs(run_dir).items():
         denoiser = load_mnist_model(folder, device=ctx.device)
         x_hat = denoiser(z.to(ctx.device)).cpu()  # D(z): one network call, no time input
         rows.append(list(x_hat[show]))
-        labels_rows.append(f"D(z), epoch {epoch}\nPSNR {psnr(x_hat, x):.1f} dB\n{judge_says(x_hat, labels)}")
+        labels_rows.append(f"D(z), epoch {epoch}\nPSNR {psnr(x_hat.clamp(0, 1), x):.1f} dB\n{judge_says(x_hat, labels)}")
     ctx.save_rows("denoised.png", rows, None, labels_rows, value_range=(0.0, 1.0), cell=1.3,
-                  suptitle=f"one-step denoiser at sigma = {sigma:g} (PSNR over {x.shape[0]} test digits)")
+                  suptitle=f"one-step denoiser at sigma = {sigma:g} (PSNR of the shown, clipped images; {x.shape[0]} digits)")
 
 
 if __name__ == "__main__":

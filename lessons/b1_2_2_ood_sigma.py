@@ -34,8 +34,8 @@ def run(ctx: LessonContext) -> None:
         x_hat = denoiser(z.to(ctx.device)).cpu()
         noisy.append(z)
         denoised.append(x_hat)
-        psnr_in.append(psnr(z, x))
-        psnr_out.append(psnr(x_hat, x))
+        psnr_in.append(psnr(z.clamp(0, 1), x))
+        psnr_out.append(psnr(x_hat.clamp(0, 1), x))
         judged.append(judge_says(x_hat, labels))
 
     rows, titles, row_labels = [], [], []
