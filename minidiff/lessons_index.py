@@ -125,7 +125,7 @@ def cli_lesson(args) -> int:
     if len(chosen) > 1:
         print(
             f"Running all {len(chosen)} lessons into {args.out}/ "
-            f"({'quick mode' if args.quick else 'about 10-15 minutes on a 2-core CPU with the shipped MNIST weights'})."
+            f"({'quick mode' if args.quick else 'about 2 minutes on a 2-core CPU on the MNIST path; IF wants a GPU'})."
         )
     t0 = time.perf_counter()
     bar = tqdm(chosen, desc="lessons", disable=len(chosen) == 1, unit="lesson")
@@ -133,6 +133,7 @@ def cli_lesson(args) -> int:
         bar.set_postfix_str(info.id)
         start = time.perf_counter()
         written = run_lesson(info, Path(args.out), args.quick, args.seed, args.device, args.model,
+                             progress=len(chosen) == 1,  # one bar for 'all': the lessons' own stay quiet
                              image=getattr(args, "image", None), train=getattr(args, "train", False))
         tqdm.write(f"{info.id} {info.title}: {len(written)} files in {time.perf_counter() - start:.1f} s")
         for path in written:
