@@ -126,7 +126,7 @@ class LessonContext:
         import matplotlib.pyplot as plt
 
         nrows, ncols = len(rows), max(len(r) for r in rows)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + (0.4 if suptitle else 0)),
+        fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + 0.3) * nrows + (0.4 if suptitle else 0)),
                                  squeeze=False)
         lo, hi = value_range
         for r, row in enumerate(rows):

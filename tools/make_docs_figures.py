@@ -19,7 +19,16 @@ from minidiff.lessons_index import list_lessons, run_lesson
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "lessons"
 MAX_WIDTH = 900
 # lesson id -> file name of the figure to show, where the first PNG is not the best one
-FIGURE = {"A1.4": "compare.png", "A1.7.1": "sdedit_drawn.png"}
+FIGURE = {
+    "A1.4": "compare.png",
+    "A1.7.1": "sdedit_drawn.png",
+    "B1.2.1": "denoised.png",
+    "B1.2.3": "pure_noise.png",
+    "B2.3": "samples_by_epoch.png",
+    "B2.3.1": "samples_by_epoch.png",
+    "B2.6": "cfg_grid.png",
+    "B2.6.1": "cfg_grid.png",
+}
 
 
 def main() -> None:
@@ -44,6 +53,12 @@ def main() -> None:
         if img.width > MAX_WIDTH:
             img = img.resize((MAX_WIDTH, round(img.height * MAX_WIDTH / img.width)), Image.Resampling.LANCZOS)
         target = DOCS / f"{info.id}.png"
+        # grey figures (every MNIST one) as 8-bit grey, colour ones as a 128-colour palette: small files
+        r, g, b = img.split()
+        if r.tobytes() == g.tobytes() == b.tobytes():
+            img = img.convert("L")
+        else:
+            img = img.quantize(colors=128)
         img.save(target, optimize=True)
         print(f"{info.id}: {time.perf_counter() - start:.1f} s, {chosen.name} -> {target}")
     print(f"total {time.perf_counter() - t0:.0f} s")
