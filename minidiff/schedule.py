@@ -322,17 +322,30 @@ class DDPMSchedule:
         t = self._index(t, batch)
         t_prev = self._index(t_prev, batch, "t_prev", allow_minus_one=True)
         device = v.device if v is not None else self.alphas_cumprod.device
-        ab_t, ab_prev = self._abar(t, device), self._abar(t_prev, device)
-        beta = 1 - ab_t / ab_prev
-        posterior = ((1 - ab_prev) / (1 - ab_t) * beta).clamp(min=1e-20)
+        _, _, beta, posterior = self._stride(t, t_prev, device, torch.float32)
         if v is None:
             return posterior.expand(batch) if posterior.ndim == 0 else posterior
-        return self._learned_log_variance(v, beta, posterior).exp()
+        return self._learned_log_variance(v, _per_sample(beta, v), _per_sample(posterior, v)).exp()
+
+    def _stride(
+        self, t: torch.Tensor, t_prev: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ab_t, ab_t', beta_t, beta~_t) of the stride t -> t', as scalars or (B,) tensors.
+
+        beta_t = 1 - ab_t / ab_t' and the posterior variance beta~_t = (1 - ab_t') / (1 - ab_t) beta_t,
+        clamped at 1e-20 so that its log stays finite at t' = -1.
+        """
+        ab_t = self._abar(t, device).to(dtype)
+        ab_prev = self._abar(t_prev, device).to(dtype)
+        beta = 1 - ab_t / ab_prev
+        posterior = ((1 - ab_prev) / (1 - ab_t) * beta).clamp(min=1e-20)
+        return ab_t, ab_prev, beta, posterior
 
     @staticmethod
     def _learned_log_variance(v: torch.Tensor, beta: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
+        """log sigma^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2 (shapes broadcast)."""
         frac = (v + 1) / 2
-        return frac * _per_sample(beta, v).log() + (1 - frac) * _per_sample(posterior, v).log()
+        return frac * beta.log() + (1 - frac) * posterior.log()
 
     def step(
         self,
@@ -362,10 +375,8 @@ class DDPMSchedule:
             raise ValueError(f"t_prev must be smaller than t, got t={t_idx.tolist()}, t_prev={prev_idx.tolist()}")
         work = _work_dtype(x_t)
         device = x_t.device
-        ab_t = _per_sample(self._abar(t_idx, device), x_t).to(work)
-        ab_prev = _per_sample(self._abar(prev_idx, device), x_t).to(work)
+        ab_t, ab_prev, beta, posterior = (_per_sample(c, x_t) for c in self._stride(t_idx, prev_idx, device, work))
         alpha = ab_t / ab_prev
-        beta = 1 - alpha
 
         x0_hat = self.predict_x0(x_t.to(work), eps.to(work), t_idx)
         if self.thresholding:
@@ -379,11 +390,10 @@ class DDPMSchedule:
             noise = torch.randn(x_t.shape, generator=generator, device=device, dtype=x_t.dtype)
         else:
             _same_shape(x_t, noise, "x_t", "noise")
-        posterior = ((1 - ab_prev) / (1 - ab_t) * beta).clamp(min=1e-20)
         if v is None:
             sigma = posterior.sqrt()
         else:  # exp(log var / 2), in the same order of operations as diffusers, for parity to 1e-5
-            sigma = (0.5 * self._learned_log_variance(v.to(work), beta.flatten(), posterior.flatten())).exp()
+            sigma = (0.5 * self._learned_log_variance(v.to(work), beta, posterior)).exp()
         noisy = _per_sample((t_idx > 0).to(device=device, dtype=work), x_t)
         return (mean + noisy * sigma.to(work) * noise.to(work)).to(x_t.dtype)
 
