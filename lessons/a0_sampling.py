@@ -16,6 +16,8 @@ from minidiff.guidance import cfg
 from minidiff.samplers import iterative_denoise
 from minidiff.schedule import strided_timesteps
 
+OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

@@ -10,6 +10,8 @@ noise takes over. Denoising is learning to run this backwards.
 
 from minidiff.course import LessonContext, part_a
 
+OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

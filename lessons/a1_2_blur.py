@@ -20,6 +20,8 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, value_range: tuple[float, float]) -
     mse = ((x - ref) ** 2).mean().clamp(min=1e-12)
     return float(10 * torch.log10((hi - lo) ** 2 / mse))
 
+OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

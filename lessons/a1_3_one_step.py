@@ -11,6 +11,8 @@ have produced x_t: one step cannot commit to details.
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.samplers import one_step_denoise
 
+OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

@@ -14,6 +14,8 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.filters import gaussian_blur
 from minidiff.samplers import iterative_denoise, one_step_denoise
 
+OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

@@ -12,12 +12,14 @@ from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_
 from minidiff.data import load_image
 from minidiff.guidance import cfg
 
+OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
-    web_path = ctx.image or matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False)
+    web = matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False)
     images = {
-        "web": a.to_model_range(load_image(web_path, 64)),
+        "web": a.test_image() if ctx.image else a.to_model_range(load_image(web, 64)),  # --image takes its place
         "drawn": a.to_model_range(sketch("house" if a.is_if else "4", 64)),
     }
     den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)

@@ -12,6 +12,8 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.edit import inpaint
 from minidiff.guidance import cfg
 
+OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

@@ -9,6 +9,8 @@ digit): with much noise the result follows the prompt, with little it keeps the 
 from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
 from minidiff.guidance import cfg
 
+OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

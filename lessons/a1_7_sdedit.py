@@ -12,6 +12,8 @@ quality photo"; on MNIST its stand-in is no class at all, so the model may pick 
 from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
 from minidiff.guidance import cfg
 
+OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

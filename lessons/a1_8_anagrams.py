@@ -23,6 +23,8 @@ def make(ctx: LessonContext, a, view, first, second, seed: int) -> torch.Tensor:
     return iterative_denoise(den, a.noise(1, ctx.generator(seed)), a.schedule, a.timesteps,
                              generator=ctx.generator(seed + 1), progress=ctx.progress)
 
+OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

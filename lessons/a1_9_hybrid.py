@@ -15,6 +15,8 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.guidance import hybrid
 from minidiff.samplers import iterative_denoise
 
+OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)

@@ -18,6 +18,8 @@ from minidiff.course import (LessonContext, judge_says, part_b_run, run_config, 
 from minidiff.metrics import psnr
 from minidiff.mnist_pipeline import load_mnist_model
 
+OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "denoiser")

@@ -18,6 +18,7 @@ from minidiff.course import LessonContext, judge_says, part_b_run, run_config, s
 from minidiff.metrics import psnr
 from minidiff.mnist_pipeline import load_mnist_model
 
+OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
 

@@ -33,6 +33,8 @@ def training_digits(ctx: LessonContext) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = training_set()
     return x[:2000], y[:2000]
 
+OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     shipped = mnist_pipeline.WEIGHTS_DIR / "pure-noise"

@@ -24,6 +24,8 @@ from minidiff.course import LessonContext, part_b_run, run_epochs, save_loss_cur
 from minidiff.mnist_pipeline import ddpm_timesteps, load_mnist_model
 from minidiff.samplers import iterative_denoise
 
+OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     time_only = ctx.train or (mnist_pipeline.WEIGHTS_DIR / "ddpm-time" / "config.json").is_file()

@@ -20,6 +20,8 @@ from minidiff.course import LessonContext, part_b_run, run_epochs, save_loss_cur
 from minidiff.mnist_pipeline import flow_time_grid, load_mnist_model
 from minidiff.samplers import flow_heun
 
+OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
 
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "flow-time")

@@ -16,13 +16,14 @@ import torch
 from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, save_sampling_gif,
                              trained_how)
 from minidiff.guidance import cfg
-from minidiff.mnist_pipeline import class_vectors, ddpm_timesteps, load_mnist_model
+from minidiff.mnist_pipeline import GUIDANCE, class_vectors, ddpm_timesteps, load_mnist_model
 from minidiff.samplers import iterative_denoise
 
-GUIDANCE = 5.0
+OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
+    guidance = GUIDANCE if ctx.guidance is None else ctx.guidance  # --guidance, or the shipped models' scale
     run_dir = part_b_run(ctx, "ddpm-class")
     save_loss_curve(ctx, "loss.png", run_dir, f"class-conditioned DDPM: {trained_how(run_dir)}")
 
@@ -34,21 +35,21 @@ def run(ctx: LessonContext) -> None:
     for epoch, folder in run_epochs(run_dir).items():
         model = load_mnist_model(folder, device=ctx.device)
         timesteps = ddpm_timesteps(model.config["T"], steps)  # 299, ..., 0, then -1: a last step to x0_hat
-        den = cfg(model, class_vectors(labels, ctx.device), model.uncond(1), GUIDANCE)
+        den = cfg(model, class_vectors(labels, ctx.device), model.uncond(1), guidance)
         x, path = iterative_denoise(den, noise.to(ctx.device), model.schedule, timesteps, generator=ctx.generator(1),
                                     progress=ctx.progress, return_intermediates=True)
         rows.append(list(x[:10].cpu()))
         row_labels.append(f"epoch {epoch}\n{judge_says(x, labels)}")
     digit_titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]]
     ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.5,
-                  suptitle=f"DDPM, guidance {GUIDANCE:g}, {steps} of {model.config['T']} steps, same noise in each "
+                  suptitle=f"DDPM, guidance {guidance:g}, {steps} of {model.config['T']} steps, same noise in each "
                            f"column (judge over {labels.shape[0]} samples)")
 
     # The last epoch's samples: the grid and the GIF.
     grid = x.cpu().view(per_class, 10, 1, 28, 28)
     grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
     ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
-                  suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
+                  suptitle=f"epoch {epoch}, guidance {guidance:g}: {judge_says(x, labels)}")
     save_sampling_gif(ctx, "sampling.gif", path)
 
 

@@ -18,13 +18,14 @@ import torch
 from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, save_sampling_gif,
                              trained_how)
 from minidiff.guidance import cfg
-from minidiff.mnist_pipeline import class_vectors, flow_time_grid, load_mnist_model
+from minidiff.mnist_pipeline import GUIDANCE, class_vectors, flow_time_grid, load_mnist_model
 from minidiff.samplers import flow_heun
 
-GUIDANCE = 5.0
+OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
+    guidance = GUIDANCE if ctx.guidance is None else ctx.guidance  # --guidance, or the shipped models' scale
     run_dir = part_b_run(ctx, "flow-class")
     save_loss_curve(ctx, "loss.png", run_dir, f"class-conditioned flow matching: {trained_how(run_dir)}")
 
@@ -42,22 +43,22 @@ def run(ctx: LessonContext) -> None:
     rows, row_labels = [], []
     for epoch, folder in run_epochs(run_dir).items():
         model = load_mnist_model(folder, device=ctx.device)
-        x, path = sample(model, GUIDANCE, frames=True)
+        x, path = sample(model, guidance, frames=True)
         rows.append(list(x[:10].cpu()))
         row_labels.append(f"epoch {epoch}\n{judge_says(x, labels)}")
     digit_titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]]
     ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.5,
-                  suptitle=f"guidance {GUIDANCE:g}, Heun {steps} steps, same noise in each column "
+                  suptitle=f"guidance {guidance:g}, Heun {steps} steps, same noise in each column "
                            f"(judge over {labels.shape[0]} samples)")
 
     # The last epoch's samples (model, x, path are the final model's): the grid and the GIF.
     grid = x.cpu().view(per_class, 10, 1, 28, 28)
     grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
     ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
-                  suptitle=f"epoch {epoch}, guidance {GUIDANCE:g}: {judge_says(x, labels)}")
+                  suptitle=f"epoch {epoch}, guidance {guidance:g}: {judge_says(x, labels)}")
     save_sampling_gif(ctx, "sampling.gif", path)
 
-    scales = [1.0, GUIDANCE] if ctx.quick else [0.0, 1.0, 3.0, GUIDANCE]
+    scales = sorted({1.0, guidance}) if ctx.quick else sorted({0.0, 1.0, 3.0, guidance})
     rows, row_labels = [], []
     for scale in scales:
         x = sample(model, scale, n=10).cpu()

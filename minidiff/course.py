@@ -21,6 +21,7 @@ from the cache that ``minidiff embed`` fills (or T5, if it is on this machine).
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -78,6 +79,7 @@ class LessonContext:
     model: str = "auto"  # "auto", "if" or "mnist"
     progress: bool = True
     image: str | None = None  # a user's image file, for the lessons that edit one
+    guidance: float | None = None  # classifier-free guidance scale; None: the model's own
     train: bool = False  # Part B: retrain instead of showing the shipped checkpoints
     written: list[Path] = field(default_factory=list)
 
@@ -182,6 +184,7 @@ class PartA:
     encode: Callable[[Sequence[str]], torch.Tensor] | None = None
     device: str = "cpu"
     hybrid_kernel: tuple[int, float] = (33, 2.0)
+    user_image: torch.Tensor | None = None  # --image, in this model's range and shape
 
     @property
     def is_if(self) -> bool:
@@ -229,7 +232,9 @@ class PartA:
         return den
 
     def test_image(self) -> torch.Tensor:
-        """The lessons' default clean image in this model's range: a photo (IF) or a real 7 (MNIST)."""
+        """The lessons' clean image in this model's range: --image if given, else a photo (IF) or a real 7 (MNIST)."""
+        if self.user_image is not None:
+            return self.user_image
         if self.is_if:
             return sample_photo(self.image_shape[-1]).to(self.device)
         images, labels = sample_digits_real()
@@ -282,7 +287,7 @@ _said_howto = False
 
 
 def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
-    from minidiff.if_pipeline import IFDenoiser
+    from minidiff.if_pipeline import GUIDANCE_SCALE, IFDenoiser
     from minidiff.models.if_unet import IFUNet
     from minidiff.text import prompt_embeddings
 
@@ -296,14 +301,14 @@ def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
         timesteps=strided_timesteps(990, 90 if ctx.quick else 30),
         image_shape=(3, 64, 64),
         value_range=(-1.0, 1.0),
-        guidance_scale=7.0,
+        guidance_scale=GUIDANCE_SCALE,
         encode=lambda prompts: prompt_embeddings(list(prompts), device="cpu"),
         device=ctx.device,
     )
 
 
 def _mnist_backend(ctx: LessonContext) -> PartA:
-    from minidiff.mnist_pipeline import load_mnist_model
+    from minidiff.mnist_pipeline import GUIDANCE, load_mnist_model
 
     m = load_mnist_model("ddpm-class", device=ctx.device)
     T = m.schedule.num_timesteps
@@ -315,25 +320,36 @@ def _mnist_backend(ctx: LessonContext) -> PartA:
         timesteps=strided_timesteps(stride * ((T - 1) // stride), stride),
         image_shape=(1, 28, 28),
         value_range=(0.0, 1.0),
-        guidance_scale=5.0,
+        guidance_scale=GUIDANCE,
         device=ctx.device,
         hybrid_kernel=(9, 1.5),
     )
 
 
 def part_a(ctx: LessonContext) -> PartA:
-    """The Part A backend for this run: IF when asked for or available, else MNIST."""
+    """The Part A backend for this run: IF when asked for or available, else MNIST.
+
+    --guidance replaces the backend's own scale, and --image its test image.
+    """
     global _said_howto
+    a = None
     if ctx.model in ("auto", "if"):
         folder = find_if_unet()
         if folder is not None:
-            return _if_backend(ctx, folder)
-        if ctx.model == "if":
+            a = _if_backend(ctx, folder)
+        elif ctx.model == "if":
             raise FileNotFoundError(_IF_HOWTO.split(", so")[0] + ". " + _IF_HOWTO.split("For IF: ")[1])
-        if not _said_howto:
+        elif not _said_howto:
             ctx.say(_IF_HOWTO)
             _said_howto = True
-    return _mnist_backend(ctx)
+    a = a or _mnist_backend(ctx)
+    if ctx.guidance is not None:
+        a.guidance_scale = ctx.guidance
+    if ctx.image is not None:
+        from minidiff.data import load_image
+
+        a.user_image = a.to_model_range(load_image(ctx.image, size=max(a.image_shape[-2:])))
+    return a
 
 
 I_STARTS = [1, 3, 5, 7, 10, 20]  # the course's SDEdit levels: t = 960, 900, 840, 780, 690, 390 for IF
@@ -418,23 +434,29 @@ def sketch(kind: str = "house", size: int = 64) -> torch.Tensor:
 
 
 def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Sequence[str] | None = None) -> None:
-    """Run a lesson script from the command line: python lessons/<script>.py --out DIR [--quick]."""
+    """``python lessons/<script>.py --out DIR [...]``: the same run, options and folder (DIR/<id>) as
+    ``minidiff lesson <id> --out DIR [...]``."""
     import argparse
+    import sys
 
-    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
-    p.add_argument("--out", default="out", help="folder for the figures (default: out)")
-    p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--model", choices=["auto", "if", "mnist"], default="auto")
-    p.add_argument("--image", default=None, help="your own image file, for the lessons that edit an image")
-    p.add_argument("--train", action="store_true", help="Part B: retrain instead of using the shipped weights")
+    from minidiff.cli import add_lesson_options, report_errors
+    from minidiff.lessons_index import check_options, lesson_info, run_lesson
+
+    info = lesson_info(Path(sys.modules[run.__module__].__file__))
+    p = argparse.ArgumentParser(prog=info.path.name, description=(doc or "").strip().splitlines()[0] if doc else None)
+    add_lesson_options(p)
     args = p.parse_args(argv)
-    ctx = LessonContext(out=Path(args.out), quick=args.quick, seed=args.seed, device=args.device, model=args.model,
-                        image=args.image, train=args.train)
-    run(ctx)
-    for path in ctx.written:
-        print(path)
+
+    def go(args: argparse.Namespace) -> int:
+        check_options([info], image=args.image, guidance=args.guidance, train=args.train, model=args.model)
+        for path in run_lesson(info, Path(args.out), args.quick, args.seed, args.device, args.model,
+                               image=args.image, guidance=args.guidance, train=args.train, run=run):
+            print(path)
+        return 0
+
+    code = report_errors(f"lesson {info.id}", go, args)
+    if code:
+        raise SystemExit(code)
 
 
 # ----------------------------------------------------------------------------------------
@@ -544,7 +566,7 @@ def save_loss_curve(ctx: LessonContext, name: str, folder: Path, title: str) -> 
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (MSE)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 64), fontsize=10)  # a run's description outgrows one line of 6 inches
     ax.legend()
     fig.tight_layout()
     path = ctx.path(name)

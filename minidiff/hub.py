@@ -1,4 +1,4 @@
-"""Fetching the DeepFloyd IF stage-1 weights, and finding the weights shipped with minidiff.
+"""Fetching the DeepFloyd IF stage-1 weights from the Hugging Face hub.
 
 The IF checkpoints on the Hugging Face hub are gated: accept the licence on the model page
 while logged in, then give huggingface_hub a read token (``HF_TOKEN=...`` in the
@@ -24,7 +24,6 @@ __all__ = [
     "HubAccessError",
     "download_unet",
     "download_t5",
-    "shipped_weights_dir",
     "cli_fetch",
 ]
 
@@ -87,7 +86,8 @@ def _explain(repo_id: str, err: Exception) -> HubAccessError:
     if isinstance(err, LocalEntryNotFoundError):
         return HubAccessError(
             f"could not reach the hub for {repo_id} and the files are not in the local cache; connect to the "
-            "internet (or unset HF_HUB_OFFLINE) and run this again"
+            "internet (or unset HF_HUB_OFFLINE) and run this again. The download also needs the DeepFloyd IF "
+            f"licence accepted at {page} while logged in, and a read token: {token_help.removeprefix('then ')}"
         )
     if isinstance(err, HfHubHTTPError):
         status = getattr(getattr(err, "response", None), "status_code", None)
@@ -127,18 +127,6 @@ def download_t5(repo_id: str = T5_REPO, cache_dir: str | os.PathLike | None = No
     if not (root / "tokenizer").is_dir() or not (root / "text_encoder" / "config.json").is_file():
         raise HubAccessError(f"{repo_id} has no text_encoder/ and tokenizer/ folders; use {T5_REPO}")
     return root
-
-
-def shipped_weights_dir() -> Path:
-    """The repository's weights/ folder (small shipped checkpoints), or $MINIDIFF_WEIGHTS."""
-    env = os.environ.get("MINIDIFF_WEIGHTS")
-    folder = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "weights"
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"no shipped weights at {folder}; run from a clone of the repository (pip install -e .) "
-            "or set MINIDIFF_WEIGHTS to the weights/ folder"
-        )
-    return folder
 
 
 def cli_fetch(args: argparse.Namespace) -> int:

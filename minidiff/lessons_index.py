@@ -4,11 +4,19 @@ A lesson script is named after its step, ``a1_7_2_inpainting.py`` is lesson A1.7
 defines ``run(ctx: LessonContext)`` (see ``minidiff.course``). This module finds the
 scripts, lists them and runs them; ``minidiff lessons`` and ``minidiff lesson <id>`` are
 its command line.
+
+Some options mean something to some lessons only: ``--image`` to those that start from a
+picture, ``--guidance`` to those that guide, ``--train`` to the Part B lessons that show a
+trained model, ``--model`` to Part A. A script names the ones it reads in a constant,
+``OPTIONS = ("image", "guidance")``; giving an option to a lesson that would ignore it is an
+error, never a silent no-op. ``--model`` goes with every Part A lesson.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import math
 import re
 import sys
 import time
@@ -16,33 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["LessonInfo", "lessons_dir", "list_lessons", "find_lesson", "load_lesson", "run_lesson"]
+from minidiff.paths import lessons_dir
+
+__all__ = ["LessonInfo", "lessons_dir", "list_lessons", "find_lesson", "load_lesson", "check_options", "run_lesson"]
 
 _NAME = re.compile(r"^([ab])((?:_?\d+)+)_([a-z0-9_]+)\.py$")
 
 
 @dataclass(frozen=True)
 class LessonInfo:
-    """A lesson script: its id ("A1.7.2"), a one-line title and its path."""
+    """A lesson script: its id ("A1.7.2"), a one-line title, its path and the options it reads."""
 
     id: str
     title: str
     path: Path
+    options: frozenset[str] = frozenset()
 
     @property
     def sort_key(self) -> tuple:
         return (self.id[0], tuple(int(n) for n in self.id[1:].split(".")))
-
-
-def lessons_dir() -> Path:
-    """The lessons/ folder of the source checkout (it sits beside the minidiff package)."""
-    here = Path(__file__).resolve().parent.parent / "lessons"
-    if not here.is_dir():
-        raise FileNotFoundError(
-            f"no lessons folder at {here}: the lessons ship with the source repository; "
-            "clone it and install with pip install -e ."
-        )
-    return here
 
 
 def _lesson_id(path: Path) -> str | None:
@@ -61,10 +61,31 @@ def _title(path: Path) -> str:
     return re.sub(r"^[AB]\d+(\.\d+)*\s*[:.-]?\s*", "", line)
 
 
+def _options(path: Path, lesson_id: str) -> frozenset[str]:
+    """The script's OPTIONS constant, read without importing it (so listing stays instant), plus model for Part A."""
+    options = {"model"} if lesson_id.startswith("A") else set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OPTIONS" for t in node.targets):
+            options |= set(ast.literal_eval(node.value))
+    unknown = options - set(_FLAGS)
+    if unknown:
+        raise RuntimeError(f"{path}: OPTIONS names {sorted(unknown)}; a lesson may read {sorted(_FLAGS)}")
+    return frozenset(options)
+
+
+def lesson_info(path: Path) -> LessonInfo:
+    """The LessonInfo of one script, e.g. lessons/a1_7_sdedit.py -> A1.7."""
+    path = Path(path).resolve()
+    lesson_id = _lesson_id(path)
+    if lesson_id is None:
+        raise ValueError(f"{path.name} is not named like a lesson script (e.g. a1_7_2_inpainting.py)")
+    return LessonInfo(lesson_id, _title(path), path, _options(path, lesson_id))
+
+
 def list_lessons(folder: Path | None = None) -> list[LessonInfo]:
     """Every lesson script in curriculum order (Part A, then Part B)."""
     folder = folder or lessons_dir()
-    found = [LessonInfo(lid, _title(p), p) for p in folder.glob("*.py") if (lid := _lesson_id(p))]
+    found = [lesson_info(p) for p in folder.glob("*.py") if _lesson_id(p)]
     return sorted(found, key=lambda info: info.sort_key)
 
 
@@ -94,18 +115,47 @@ def load_lesson(info: LessonInfo) -> ModuleType:
     return module
 
 
+# The options only some lessons read, and the flag that sets each.
+_FLAGS = {"image": "--image", "guidance": "--guidance", "train": "--train", "model": "--model"}
+
+
+def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = None, **given) -> None:
+    """Refuse an option that none of ``lessons`` reads; check an --image file before any lesson runs.
+
+    given: the options as set (None, False or "auto" = not given), e.g. image="me.png", guidance=3.0.
+    ``every``: all lessons, to say which ones would read it.
+    """
+    every = every or list_lessons()
+    for name, value in given.items():
+        if value in (None, False, "auto") or (name, value) == ("model", "mnist"):
+            continue  # not given; and Part B runs on MNIST anyway
+        if not any(name in info.options for info in lessons):
+            takers = ", ".join(i.id for i in every if name in i.options)
+            which = f"lesson {lessons[0].id}" if len(lessons) == 1 else "these lessons"
+            raise ValueError(f"{which} does not use {_FLAGS[name]}; the lessons that do: {takers}")
+    if given.get("image") is not None:
+        from minidiff.data import load_image
+
+        load_image(given["image"], size=8)  # FileNotFoundError / ValueError naming the file, before any work
+    if given.get("guidance") is not None and not math.isfinite(given["guidance"]):
+        raise ValueError(f"--guidance must be a finite number, got {given['guidance']}")
+
+
 def run_lesson(info: LessonInfo, out: Path, quick: bool = False, seed: int = 0, device: str = "cpu",
                model: str = "auto", progress: bool = True, image: str | None = None,
-               train: bool = False) -> list[Path]:
-    """Run one lesson; its figures go to out/<id>/. Returns the files it wrote."""
-    from minidiff.course import LessonContext
+               guidance: float | None = None, train: bool = False, run=None) -> list[Path]:
+    """Run one lesson; its figures go to out/<id>/. Returns the files it wrote.
 
-    ctx = LessonContext(
-        out=Path(out) / info.id, quick=quick, seed=seed, device=device, model=model, progress=progress, image=image,
-        train=train,
-    )
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    load_lesson(info).run(ctx)
+    An option the lesson does not read (see ``LessonInfo.options``) is an error. ``run``: the
+    lesson's run(ctx) when its script is already running (``python lessons/<script>.py``).
+    """
+    from minidiff.course import LessonContext
+    from minidiff.paths import output_dir
+
+    check_options([info], image=image, guidance=guidance, train=train, model=model)
+    ctx = LessonContext(out=output_dir(Path(out) / info.id), quick=quick, seed=seed, device=device, model=model,
+                        progress=progress, image=image, guidance=guidance, train=train)
+    (run or load_lesson(info).run)(ctx)
     return list(ctx.written)
 
 
@@ -121,20 +171,32 @@ def cli_lessons(args) -> int:
 def cli_lesson(args) -> int:
     from tqdm.auto import tqdm
 
-    chosen = list_lessons() if args.id.lower() == "all" else [find_lesson(args.id)]
+    from minidiff.paths import output_dir
+
+    every = list_lessons()
+    chosen = every if args.id.lower() == "all" else [find_lesson(args.id)]
+    given = dict(image=args.image, guidance=args.guidance, train=args.train, model=args.model)
+    check_options(chosen, every, **given)  # every refusal before the first lesson starts
+    output_dir(args.out)
     if len(chosen) > 1:
         print(
             f"Running all {len(chosen)} lessons into {args.out}/ "
             f"({'quick mode' if args.quick else 'about 2 minutes on a 2-core CPU on the MNIST path; IF wants a GPU'})."
         )
+        for name, value in given.items():
+            if value not in (None, False, "auto"):
+                print(f"{_FLAGS[name]} goes to {', '.join(i.id for i in chosen if name in i.options)}")
     t0 = time.perf_counter()
     bar = tqdm(chosen, desc="lessons", disable=len(chosen) == 1, unit="lesson")
     for info in bar:
         bar.set_postfix_str(info.id)
         start = time.perf_counter()
-        written = run_lesson(info, Path(args.out), args.quick, args.seed, args.device, args.model,
+        # with 'all', each lesson gets only the options it reads
+        mine = {k: (v if k in info.options else None) for k, v in given.items()}
+        written = run_lesson(info, Path(args.out), args.quick, args.seed, args.device,
                              progress=len(chosen) == 1,  # one bar for 'all': the lessons' own stay quiet
-                             image=getattr(args, "image", None), train=getattr(args, "train", False))
+                             model=mine["model"] or "auto", image=mine["image"], guidance=mine["guidance"],
+                             train=bool(mine["train"]))
         tqdm.write(f"{info.id} {info.title}: {len(written)} files in {time.perf_counter() - start:.1f} s")
         for path in written:
             tqdm.write(f"    {path}")

@@ -112,8 +112,10 @@ def test_plain_http_401_and_offline_errors(monkeypatch, with_token):
     with pytest.raises(hub.HubAccessError, match="HTTP 401"):
         hub.download_t5()
     monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(LocalEntryNotFoundError("offline")))
-    with pytest.raises(hub.HubAccessError, match="local cache"):
+    with pytest.raises(hub.HubAccessError, match="local cache") as err:
         hub.download_unet("if-i-xl")
+    # offline is the moment a first-time user meets this message: it must name licence and token too
+    assert "licence" in str(err.value) and "HF_TOKEN" in str(err.value)
 
 
 def test_unknown_model_name_is_a_value_error():
@@ -121,12 +123,14 @@ def test_unknown_model_name_is_a_value_error():
         hub.cli_fetch(argparse.Namespace(name="if-ii-xl", t5=False, cache_dir=None))
 
 
-def test_shipped_weights_dir(monkeypatch, tmp_path):
+def test_shipped_weights_dir_follows_the_environment(monkeypatch, tmp_path):
+    from minidiff.paths import weights_dir
+
     monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path))
-    assert hub.shipped_weights_dir() == tmp_path
+    assert weights_dir() == tmp_path
     monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="MINIDIFF_WEIGHTS"):
-        hub.shipped_weights_dir()
+        weights_dir()
 
 
 def test_from_pretrained_with_a_repo_id_downloads_then_loads(monkeypatch, tmp_path):
