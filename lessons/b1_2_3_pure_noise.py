@@ -48,7 +48,7 @@ def run(ctx: LessonContext) -> None:
         cfg = recipe_config("pure-noise", num_hiddens=8, batch_size=batch, lr=3e-3, seed=ctx.seed,
                             epochs=max(1, round(steps * batch / x.shape[0])), snapshot_epochs=[])
         run_dir = ctx.out / "train" / "pure-noise"
-        train(cfg, run_dir, data=(x, y), device=ctx.device, progress=ctx.progress)
+        train(cfg, run_dir, data=(x, y), device=ctx.device, progress=ctx.progress, overwrite=True)
     mean_digit = x.mean(dim=0)
     variance = float(((x - mean_digit) ** 2).mean())  # the least loss any D can reach
     save_loss_curve(ctx, "loss.png", run_dir,

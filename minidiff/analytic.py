@@ -32,7 +32,8 @@ from typing import Callable
 
 import torch
 
-from minidiff.schedule import DDPMSchedule, FlowSchedule
+from minidiff.checks import integer, real_number
+from minidiff.schedule import DDPMSchedule, FlowSchedule, check_schedule
 
 __all__ = ["finite_data_model", "finite_data_denoiser", "gaussian_denoiser", "posterior_weights"]
 
@@ -49,9 +50,11 @@ def _signal_and_noise(schedule: Schedule, t: torch.Tensor, batch: int) -> tuple[
     t = torch.as_tensor(t).reshape(-1).expand(batch)
     if _is_flow(schedule):
         tt = t.to(torch.float64)
-        if bool(((tt < 0) | (tt > 1)).any()):
+        if not bool(((tt >= 0) & (tt <= 1)).all()):  # written so that NaN fails too
             raise ValueError(f"flow-matching t must lie in [0, 1], got {tt.tolist()}")
         return tt, 1 - tt
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(f"DDPM t must hold integer timesteps, got {t.tolist()}")
     idx = t.long()
     if bool(((idx < 0) | (idx >= schedule.num_timesteps)).any()):
         raise ValueError(f"DDPM t must lie in [0, {schedule.num_timesteps - 1}], got {idx.tolist()}")
@@ -92,6 +95,9 @@ def finite_data_model(
     """
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"data must be a non-empty (N, ...) tensor, got {getattr(data, 'shape', data)!r}")
+    check_schedule(schedule)
+    if num_classes is not None:
+        num_classes = integer(num_classes, "num_classes", minimum=1)
     if labels is None:
         labels = torch.zeros(data.shape[0], dtype=torch.long)
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -109,7 +115,10 @@ def finite_data_model(
         a, b = _signal_and_noise(schedule, t, batch)
         if cond is None:
             cond = torch.zeros(batch, k)
-        cond = cond.to(torch.float64).cpu().reshape(batch, k)
+        if not isinstance(cond, torch.Tensor) or cond.shape != (batch, k):
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(f"cond must be a ({batch}, {k}) tensor of class weights, got {got}")
+        cond = cond.to(torch.float64).cpu()
         prior = cond @ one_hot.T  # (B, N): weight of each member under each row's condition
         prior = torch.where(cond.sum(1, keepdim=True) > 0, prior, torch.ones_like(prior))
         w = posterior_weights(x_t.cpu(), data, a, b, prior.log())
@@ -142,8 +151,8 @@ def gaussian_denoiser(mean: float, std: float, schedule: Schedule) -> Denoiser:
         v = mean + (t std^2 - (1 - t)) / V * (x_t - t mean),
     which stays finite at t = 1.
     """
-    if not std > 0:
-        raise ValueError(f"std must be positive, got {std}")
+    mean, std = real_number(mean, "mean"), real_number(std, "std", positive=True)
+    check_schedule(schedule)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, b = _signal_and_noise(schedule, t, x_t.shape[0])

@@ -14,8 +14,61 @@ when that subcommand runs, so ``minidiff --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (steps, counts, sizes), so that 0 never means "the default"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (a NaN or infinite guidance scale would give NaN images)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a device PyTorch has here ("cpu", "cuda", "cuda:1", "mps"), checked before any work."""
+    if text == "cpu":
+        return text  # the default: answer without importing torch, so --help stays instant
+    from minidiff.checkpoint import check_device
+
+    try:
+        check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def add_lesson_options(p: argparse.ArgumentParser) -> None:
+    """The options of a lesson run, shared by `minidiff lesson` and `python lessons/<script>.py`."""
+    p.add_argument("--out", default="out", help="folder for the figures; a lesson writes into OUT/<id>/ (default: out)")
+    p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--model", choices=["auto", "if", "mnist"], default="auto",
+                   help="Part A model: IF when its weights are here (auto), or the shipped MNIST model")
+    p.add_argument("--image", default=None,
+                   help="your own picture (PNG, JPEG, ...) for the lessons that start from one: "
+                        "A1.1-A1.4 and A1.7-A1.7.3")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="classifier-free guidance scale for the lessons that guide (default: the model's own, "
+                        "7 for IF, 5 for MNIST)")
+    p.add_argument("--train", action="store_true", help="Part B: retrain instead of using the shipped weights")
 
 
 def _lessons(args: argparse.Namespace) -> int:
@@ -63,39 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("lesson", help="run one lesson (or 'all') and write its figures")
     q.add_argument("id", help="lesson id from 'minidiff lessons', or 'all'")
-    q.add_argument("--out", default="out", help="folder for the figures (default: out)")
-    q.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--model", choices=["auto", "if", "mnist"], default="auto",
-                   help="Part A model: IF when its weights are here (auto), or the shipped MNIST model")
-    q.add_argument("--image", default=None, help="your own image file, for the lessons that edit an image")
-    q.add_argument("--train", action="store_true", help="Part B: retrain instead of using the shipped weights")
+    add_lesson_options(q)
     q.set_defaults(func=_lesson)
 
     q = sub.add_parser("sample-digits", help="sample MNIST digits with the shipped class-conditional model")
-    q.add_argument("--per-class", type=int, default=10, help="digits per class (default 10)")
-    q.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    q.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
+    q.add_argument("--per-class", type=positive_int, default=10, help="digits per class (default 10)")
+    q.add_argument("--guidance", type=finite_float, default=None,
+                   help="classifier-free guidance scale (default: 5, the shipped models' own)")
+    q.add_argument("--steps", type=positive_int, default=None,
+                   help="sampler steps (default: the model's own, 8 Heun steps for the shipped flow model)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="output .npz (images uint8 N x 28 x 28, labels int64)")
-    q.add_argument("--model", default=None, help="a checkpoint directory (default: the shipped flow model)")
-    q.add_argument("--device", default="cpu")
+    q.add_argument("--model", default=None,
+                   help="a shipped model name or a checkpoint directory (default: the shipped flow-class model)")
+    q.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     q.set_defaults(func=_sample_digits)
 
     q = sub.add_parser("train", help="train a Part B model (see 'minidiff train --help')")
     q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | judge")
-    q.add_argument("--out", required=True, help="checkpoint directory")
-    q.add_argument("--epochs", type=float, default=None)
-    q.add_argument("--batch-size", type=int, default=None)
-    q.add_argument("--lr", type=float, default=None)
-    q.add_argument("--hidden", type=int, default=None, help="UNet width D")
+    q.add_argument("--out", required=True, help="the run's folder (checkpoints, loss.csv, snapshots/)")
+    q.add_argument("--epochs", type=float, default=None, help="epochs, > 0; a fraction runs part of one")
+    q.add_argument("--batch-size", type=int, default=None, help="images per step, at most the training set's size")
+    q.add_argument("--lr", type=float, default=None, help="Adam learning rate, > 0")
+    q.add_argument("--hidden", type=int, default=None, help="UNet width D (the judge's width)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--data", default=None, help="MNIST folder (IDX files); default: $MINIDIFF_MNIST_DIR or download")
-    q.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default 500)")
-    q.add_argument("--snapshot-epochs", default=None, help="comma-separated epochs to keep a snapshot of, e.g. 1,5")
+    runs = q.add_mutually_exclusive_group()
+    runs.add_argument("--resume", action="store_true",
+                      help="continue the run in --out (same settings and data)")
+    runs.add_argument("--overwrite", action="store_true",
+                      help="delete the run already in --out and start over (without it, an earlier run is an error)")
+    q.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    q.add_argument("--save-every", type=int, default=None, help="checkpoint every N >= 1 steps (default 500)")
+    q.add_argument("--snapshot-epochs", default=None,
+                   help="comma-separated epochs (1..epochs) to keep a snapshot of, e.g. 1,5; '' for none")
     q.set_defaults(func=_train)
 
     q = sub.add_parser("fetch", help="download DeepFloyd IF stage-1 weights (needs the licence accepted and a token)")
@@ -113,18 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def report_errors(command: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command; an error minidiff raises on purpose becomes one line on stderr and exit code 2."""
+    try:
+        return int(func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Errors we raise on purpose carry their own advice; print it without a traceback.
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # Errors we raise on purpose carry their own advice; print it without a traceback.
-        print(f"minidiff {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return report_errors(f"minidiff {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -504,7 +504,7 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
             return earlier.parent
     folder = ctx.out / "train" / name
     start = time.perf_counter()
-    train(cfg, folder, data=(x, y), device=ctx.device, progress=ctx.progress)
+    train(cfg, folder, data=(x, y), device=ctx.device, progress=ctx.progress, overwrite=True)  # --train: train again
     ctx.say(f"retrained {name}: {cfg['epochs']} epochs on {x.shape[0]} digits (D = {cfg['num_hiddens']}) "
             f"in {time.perf_counter() - start:.0f} s on this machine")
     return folder

@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from minidiff.checks import finite_tensor, integer, real_number
+
 __all__ = [
     "MNIST_ENV",
     "HELDOUT_START",
@@ -150,8 +152,10 @@ def _from_idx(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch
         raise ValueError(
             f"{labels_path} must hold one label per image ({images.shape[0]}), got shape {labels.shape}"
         )
-    if labels.size and labels.max() > 9:
-        raise ValueError(f"{labels_path} holds labels outside 0..9 (max {labels.max()}); the file is corrupt")
+    if labels.size and (labels.max() > 9 or labels.min() < 0):
+        raise ValueError(
+            f"{labels_path} holds labels outside 0..9 (min {labels.min()}, max {labels.max()}); the file is corrupt"
+        )
     x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
@@ -227,9 +231,10 @@ def load_image(path: str | os.PathLike, size: int = 64) -> torch.Tensor:
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    path = Path(path)
+    size = integer(size, "size", minimum=1)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; load_image needs an image file such as a .png or .jpg")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
@@ -252,7 +257,9 @@ def load_image(path: str | os.PathLike, size: int = 64) -> torch.Tensor:
 
 def _value_range(x: torch.Tensor, value_range: tuple[float, float] | None) -> tuple[float, float]:
     if value_range is not None:
-        lo, hi = value_range
+        if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
+            raise ValueError(f"value_range must be (low, high), got {value_range!r:.60}")
+        lo, hi = (real_number(v, "value_range") for v in value_range)
         if not hi > lo:
             raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
         return float(lo), float(hi)
@@ -261,6 +268,7 @@ def _value_range(x: torch.Tensor, value_range: tuple[float, float] | None) -> tu
 
 def to_uint8(x: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Map [low, high] to 0..255 uint8 (clipping). value_range None: [-1, 1] if x has negatives, else [0, 1]."""
+    finite_tensor(x, "the image", "would become black pixels")
     lo, hi = _value_range(x, value_range)
     y = (x.detach().float().cpu() - lo) / (hi - lo)
     return (y.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -268,12 +276,10 @@ def to_uint8(x: torch.Tensor, value_range: tuple[float, float] | None = None) ->
 
 def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
     """Tile (B, C, H, W) images into one (C, H', W') image, nrow images per row."""
+    _check_images(images, "images")
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"make_grid takes a non-empty (B, C, H, W) batch, got shape {tuple(images.shape)}")
-    if nrow < 1 or padding < 0:
-        raise ValueError(f"need nrow >= 1 and padding >= 0, got nrow={nrow}, padding={padding}")
+    nrow, padding = integer(nrow, "nrow", minimum=1), integer(padding, "padding", minimum=0)
     b, c, h, w = images.shape
     ncol = min(nrow, b)
     nrows = (b + ncol - 1) // ncol
@@ -287,6 +293,32 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: 
     return grid
 
 
+def _check_images(images: torch.Tensor, name: str) -> None:
+    """ValueError unless images is a non-empty (B, C, H, W) or (C, H, W) real tensor."""
+    if not isinstance(images, torch.Tensor) or images.ndim not in (3, 4) or images.numel() == 0:
+        got = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else f"a {type(images).__name__}"
+        raise ValueError(f"{name} must be a non-empty (B, C, H, W) batch or one (C, H, W) image tensor, got {got}")
+    if images.is_complex():
+        raise ValueError(f"{name} must be real, got {images.dtype}")
+
+
+def _check_saveable(images: torch.Tensor, name: str) -> None:
+    """What save_grid and save_gif need of each batch: 1 or 3 channels, finite values."""
+    _check_images(images, name)
+    if images.shape[-3] not in (1, 3):
+        raise ValueError(f"{name} must have 1 (grey) or 3 (RGB) channels, got shape {tuple(images.shape)}")
+    finite_tensor(images, name, "would be saved as black pixels")
+
+
+def _output_path(path: str | os.PathLike) -> Path:
+    """path as a Path whose folder exists; a path that is a folder is refused."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name such as {path / 'samples.png'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _to_pil(images: torch.Tensor, nrow: int, value_range: tuple[float, float] | None, padding: int):
     from PIL import Image
 
@@ -295,8 +327,6 @@ def _to_pil(images: torch.Tensor, nrow: int, value_range: tuple[float, float] | 
     arr = to_uint8(grid, (lo, hi)).permute(1, 2, 0).numpy()
     if arr.shape[2] == 1:
         return Image.fromarray(arr[:, :, 0], mode="L")
-    if arr.shape[2] != 3:
-        raise ValueError(f"images must have 1 or 3 channels, got {arr.shape[2]}")
     return Image.fromarray(arr, mode="RGB")
 
 
@@ -308,8 +338,9 @@ def save_grid(
     padding: int = 2,
 ) -> Path:
     """Save (B, C, H, W) images (C = 1 or 3) as one PNG grid. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_saveable(images, "images")
+    value_range = _value_range(images, value_range)
+    path = _output_path(path)
     _to_pil(images, nrow, value_range, padding).save(path)
     return path
 
@@ -327,14 +358,24 @@ def save_gif(
 
     The last frame is held for ``hold_last_ms`` so the result can be seen before it loops.
     """
+    if not isinstance(frames, Iterable):
+        raise ValueError(f"frames must be a list of image tensors, got {type(frames).__name__}")
     frames = list(frames)
     if not frames:
-        raise ValueError("save_gif needs at least one frame")
+        raise ValueError("save_gif needs at least one frame, got none in frames")
+    for k, frame in enumerate(frames):
+        _check_saveable(frame, f"frames[{k}]")
+        if frame.shape != frames[0].shape:
+            raise ValueError(
+                f"every frame must have the shape of frames[0] {tuple(frames[0].shape)}, "
+                f"got frames[{k}] of shape {tuple(frame.shape)}"
+            )
+    duration_ms = integer(duration_ms, "duration_ms", minimum=1)
+    hold_last_ms = integer(hold_last_ms, "hold_last_ms", minimum=0)
     if value_range is None:  # one range for the whole animation, so brightness does not flicker
         value_range = _value_range(torch.stack([f.detach().float().min() for f in frames]), None)
     pil = [_to_pil(f, nrow, value_range, padding) for f in frames]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _output_path(path)
     durations = [duration_ms] * (len(pil) - 1) + [max(duration_ms, hold_last_ms)]
     pil[0].save(path, save_all=True, append_images=pil[1:], duration=durations, loop=0)
     return path

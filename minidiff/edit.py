@@ -10,7 +10,8 @@
 Every edit takes a denoiser den(x_t, t) (see minidiff.guidance for making one from a
 conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, and
 returns the edited image, or (image, intermediates) with return_intermediates=True.
-Images are (B, C, H, W).
+Images are (B, C, H, W). Pass ``value_range`` (e.g. (-1, 1) for IF, (0, 1) for the MNIST
+models) and an image outside the model's range is refused instead of edited into noise.
 """
 
 from __future__ import annotations
@@ -19,26 +20,35 @@ from typing import Sequence
 
 import torch
 
+from minidiff.checks import real_number
 from minidiff.guidance import Model, cfg
 from minidiff.samplers import (
     Callback,
     Denoiser,
     Schedule,
-    batch_timesteps,
-    check_timesteps,
+    check_loop_args,
     iterative_denoise,
     progress_bar,
+    run_denoiser,
 )
 
 __all__ = ["sdedit", "image_to_image", "inpaint", "check_mask"]
 
 
-def _check_image(image: torch.Tensor) -> None:
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a batch (B, C, H, W), got {shape}: add a batch dimension with image[None]")
-    if not image.is_floating_point():
-        raise ValueError(f"image must be a float tensor scaled to [-1, 1], got {image.dtype}")
+def _check_value_range(image: torch.Tensor, value_range: tuple[float, float] | None) -> None:
+    """ValueError when value_range is given and the image's values lie outside it."""
+    if value_range is None:
+        return
+    if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
+        raise ValueError(f"value_range must be (low, high), got {value_range!r:.60}")
+    low, high = (real_number(v, "value_range") for v in value_range)
+    slack = 1e-3 * (high - low)  # rounding (e.g. of a resize) may step a hair outside
+    got_low, got_high = float(image.min()), float(image.max())
+    if not high > low or got_low < low - slack or got_high > high + slack:
+        raise ValueError(
+            f"image values must lie in the model's value_range [{low}, {high}], got [{got_low:.3g}, {got_high:.3g}]; "
+            "load_image gives [-1, 1] (IF), MNIST digits are [0, 1]: rescale the image first"
+        )
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -56,6 +66,7 @@ def sdedit(
     callback: Callback | None = None,
     progress: bool = True,
     return_intermediates: bool = False,
+    value_range: tuple[float, float] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """SDEdit (Meng et al., 2022; course 1.7): x = iterative_denoise(add_noise(image, eps, t), ...)
 
@@ -65,8 +76,8 @@ def sdedit(
     A small i_start starts from much noise (t near 990: a new image that shares only the
     coarse layout); a large i_start from little noise (the result stays close to the image).
     """
-    _check_image(image)
-    ts = check_timesteps(schedule, timesteps, i_start)
+    ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
+    _check_value_range(image, value_range)
     x_t = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
     return iterative_denoise(den, x_t, schedule, ts, i_start, generator, callback, progress, return_intermediates)
 
@@ -86,7 +97,7 @@ def image_to_image(
     """Text-conditional image-to-image translation (course 1.7.3): SDEdit guided towards cond.
 
     sdedit(cfg(model, cond, uncond, scale), image, ...); kwargs go to sdedit (callback,
-    progress, return_intermediates). With IF, cond is the embedding of the new prompt.
+    progress, return_intermediates, value_range). With IF, cond is the embedding of the new prompt.
     """
     return sdedit(cfg(model, cond, uncond, scale), image, schedule, timesteps, i_start, generator, **kwargs)
 
@@ -97,8 +108,8 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     Accepted: (H, W), or 4-D with the image's H and W and batch and channel sizes 1 or the
     image's. Bool masks are fine; float masks must hold only 0 and 1.
     """
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a tensor, got {type(mask).__name__}")
+    if not isinstance(mask, torch.Tensor) or mask.is_complex():
+        raise ValueError(f"mask must be a tensor of 0s and 1s, got {getattr(mask, 'dtype', type(mask).__name__)}")
     if mask.ndim == 2:
         mask = mask[None, None]
     if mask.ndim != 4:
@@ -109,7 +120,8 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     if mask.shape[-2:] != (h, w) or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, c):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not fit image of shape {tuple(image.shape)}: "
-            f"its H x W must be {h} x {w} and its batch and channel sizes 1 or the image's"
+            f"its H x W must be {h} x {w} and its batch and channel sizes 1 or the image's; "
+            f"e.g. mask = torch.zeros({h}, {w}) with 1 where to regenerate"
         )
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
@@ -129,6 +141,7 @@ def inpaint(
     callback: Callback | None = None,
     progress: bool = True,
     return_intermediates: bool = False,
+    value_range: tuple[float, float] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Inpainting (course 1.7.2; RePaint, Lugmayr et al., 2022, without resampling).
 
@@ -142,14 +155,14 @@ def inpaint(
     to match them. The returned image is m * x + (1 - m) * image: the kept pixels are the
     original's exactly (add_noise at the last DDPM step t = 0 still adds a trace of noise).
     """
-    _check_image(image)
+    ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
+    _check_value_range(image, value_range)
     m = check_mask(mask, image)
-    ts = check_timesteps(schedule, timesteps, i_start)
     x = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
     intermediates = [x]
     for i in progress_bar(range(i_start, len(ts) - 1), progress, "inpainting"):
         t, t_next = ts[i], ts[i + 1]
-        model_output = den(x, batch_timesteps(schedule, t, x))
+        model_output = run_denoiser(den, x, schedule, t)
         if callback is not None:
             callback(i, t, x, schedule.predict_data(x, model_output, t))
         x = schedule.step(x, model_output, t, t_next, generator=generator)

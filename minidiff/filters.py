@@ -16,21 +16,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gaussian_kernel1d", "gaussian_kernel", "gaussian_blur", "low_pass", "high_pass"]
+from minidiff.checks import image_batch, integer, real_number
+
+__all__ = ["check_kernel", "gaussian_kernel1d", "gaussian_kernel", "gaussian_blur", "low_pass", "high_pass"]
 
 _PADDING = {"reflect": "reflect", "replicate": "replicate", "zeros": "constant", "circular": "circular"}
 
 
-def _check_kernel(kernel_size: int, sigma: float) -> None:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+def check_kernel(kernel_size: int, sigma: float, sigma_name: str = "sigma") -> tuple[int, float]:
+    """(kernel_size, sigma) checked: a positive odd int (the kernel is centred) and a finite sigma > 0."""
+    kernel_size = integer(kernel_size, "kernel_size")
+    if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd int (the kernel is centred), got {kernel_size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    return kernel_size, real_number(sigma, sigma_name, positive=True)
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The normalised 1-D Gaussian g_i ~ exp(-i^2 / (2 sigma^2)), i = -k//2 .. k//2. Shape (k,)."""
-    _check_kernel(kernel_size, sigma)
+    kernel_size, sigma = check_kernel(kernel_size, sigma)
     i = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
     g = torch.exp(-(i**2) / (2 * sigma**2))
     return (g / g.sum()).to(dtype)
@@ -49,11 +52,9 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0, pa
     ``reflect`` padding needs the kernel radius to be smaller than H and W; ``zeros``
     darkens the border, which is why it is not the default.
     """
-    _check_kernel(kernel_size, sigma)
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected an image batch (B, C, H, W), got {shape}")
-    if padding not in _PADDING:
+    kernel_size, sigma = check_kernel(kernel_size, sigma)
+    image_batch(x, "x")
+    if not isinstance(padding, str) or padding not in _PADDING:
         raise ValueError(f"padding must be one of {sorted(_PADDING)}, got {padding!r}")
     r = kernel_size // 2
     h, w = x.shape[-2:]

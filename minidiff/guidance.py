@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from minidiff.filters import high_pass, low_pass
+from minidiff.checks import image_batch, real_number
+from minidiff.filters import check_kernel, high_pass, low_pass
 from minidiff.views import View, get_view
 
 __all__ = ["Model", "cfg", "guided_outputs", "anagram", "factorized", "hybrid", "hybrid_bands", "frequency_bands"]
@@ -38,13 +39,34 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # ----------------------------------------------------------------------------------------
 
 
-def _expand_cond(cond: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-    """cond with batch 1 or B, returned with batch B."""
+def _check_cond(cond: torch.Tensor, name: str) -> None:
     if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
         raise ValueError(
             f"{name} must be a tensor whose first dimension is the batch, such as prompt embeddings "
             f"(B, 77, D) or class vectors (B, K), got {cond!r:.80}"
         )
+
+
+def _check_rule(model: Model, named_conds: Sequence[tuple[str, torch.Tensor]], scale: float) -> float:
+    """What every guidance rule checks once, when it is built; returns scale as a float.
+
+    The model must be callable, every condition a tensor with a batch dimension, all of
+    them the same shape apart from the batch, and the scale a finite number (a NaN or inf
+    scale turns every pixel into NaN, which would be saved as a black image).
+    """
+    if not callable(model):
+        raise ValueError(f"model must be callable as model(x_t, t, cond), got {model!r:.80}")
+    for name, cond in named_conds:
+        _check_cond(cond, name)
+    if len({tuple(c.shape[1:]) for _, c in named_conds}) > 1:
+        shapes = ", ".join(f"{name} {tuple(c.shape)}" for name, c in named_conds)
+        raise ValueError(f"cond and uncond must have the same shape apart from the batch, got {shapes}")
+    return real_number(scale, "scale")
+
+
+def _expand_cond(cond: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """cond with batch 1 or B, returned with batch B."""
+    _check_cond(cond, name)
     if cond.shape[0] == batch:
         return cond
     if cond.shape[0] == 1:
@@ -52,12 +74,14 @@ def _expand_cond(cond: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch {cond.shape[0]} but x_t has batch {batch}: give 1 or {batch} conditions")
 
 
-def _split_variance(output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(prediction, variance values or None) of a C- or 2C-channel model output."""
-    if output.ndim < 2 or output.shape[1] not in (channels, 2 * channels):
+def _split_variance(output: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prediction, variance values or None) of a C- or 2C-channel model output for x_t (B, C, H, W)."""
+    channels = x_t.shape[1]
+    if output.ndim != 4 or output.shape[1] not in (channels, 2 * channels) or output.shape[2:] != x_t.shape[2:]:
         raise ValueError(
-            f"the model returned shape {tuple(output.shape)}; expected {channels} channels (eps or velocity) "
-            f"or {2 * channels} (eps + learned-range variance)"
+            f"the model returned shape {tuple(output.shape)} per batch of x_t {tuple(x_t.shape)}; expected "
+            f"{channels} channels (eps or velocity) or {2 * channels} (eps + learned-range variance) "
+            f"and the image size {tuple(x_t.shape[2:])}"
         )
     if output.shape[1] == channels:
         return output, None
@@ -78,10 +102,8 @@ def guided_outputs(
     expanded to batch B), calls the model once, and returns for every k the pair
     (eps_u + scale (eps_k - eps_u), variance values of the k-th conditional output or None).
     """
-    if not isinstance(x_t, torch.Tensor) or x_t.ndim != 4:
-        shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
-        raise ValueError(f"x_t must be an image batch (B, C, H, W), got {shape}")
-    batch, channels = x_t.shape[:2]
+    image_batch(x_t, "x_t")
+    batch = x_t.shape[0]
     all_conds = [_expand_cond(c, batch, f"cond[{k}]") for k, c in enumerate(conds)]
     all_conds.append(_expand_cond(uncond, batch, "uncond"))
     if len({c.shape[1:] for c in all_conds}) != 1:
@@ -94,7 +116,7 @@ def guided_outputs(
     if not isinstance(out, torch.Tensor) or out.shape[0] != n * batch:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"the model must return a (B, ...) tensor for a batch of {n * batch}, got {got}")
-    chunks = [_split_variance(o, channels) for o in out.chunk(n)]
+    chunks = [_split_variance(o, x_t) for o in out.chunk(n)]
     pred_u, _ = chunks[-1]
     return [(pred_u + scale * (pred_c - pred_u), var_c) for pred_c, var_c in chunks[:-1]]
 
@@ -114,6 +136,7 @@ def cfg(model: Model, cond: torch.Tensor, uncond: torch.Tensor, scale: float) ->
     conditional model, 0 the unconditional one, > 1 (IF: 7) trades diversity for fidelity.
     For 2C outputs the variance half is the conditional branch's, as in diffusers' IF pipeline.
     """
+    scale = _check_rule(model, [("cond", cond), ("uncond", uncond)], scale)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ((pred, var),) = guided_outputs(model, x_t, t, [cond], uncond, scale)
@@ -160,10 +183,11 @@ def anagram(
             raise ValueError(f"views_and_conds[{k}] must be a (view, condition) pair, got {pair!r:.80}")
     views = [_as_view(v) for v, _ in pairs]
     conds = [c for _, c in pairs]
+    named = [(f"views_and_conds[{k}] condition", c) for k, c in enumerate(conds)]
+    scale = _check_rule(model, named + [("uncond", uncond)], scale)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 4:
-            raise ValueError(f"x_t must be an image batch (B, C, H, W), got {getattr(x_t, 'shape', x_t)}")
+        image_batch(x_t, "x_t")
         batch = x_t.shape[0]
         # Stack the N viewed copies into one batch of N*B, each with its own condition,
         # so that one model call (of batch 2NB, with the unconditional passes) serves all.
@@ -203,8 +227,13 @@ def factorized(
     pairs = list(components_and_conds)
     if not pairs:
         raise ValueError("factorized needs at least one (filter, condition) pair, got an empty list")
+    for k, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not callable(pair[0]):
+            raise ValueError(f"components_and_conds[{k}] must be a (filter function, condition) pair, got {pair!r:.80}")
     filters = [f for f, _ in pairs]
     conds = [c for _, c in pairs]
+    named = [(f"components_and_conds[{k}] condition", c) for k, c in enumerate(conds)]
+    scale = _check_rule(model, named + [("uncond", uncond)], scale)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         guided = guided_outputs(model, x_t, t, conds, uncond, scale)
@@ -234,6 +263,7 @@ def hybrid(
     in the course). Since low_pass(e) + high_pass(e) == e, the result is the plain CFG
     prediction whenever both prompts agree. Variance half: mean of the two.
     """
+    kernel_size, sigma = check_kernel(kernel_size, sigma)
     lp = lambda e: low_pass(e, kernel_size, sigma)  # noqa: E731
     hp = lambda e: high_pass(e, kernel_size, sigma)  # noqa: E731
     return factorized(model, [(lp, cond_low), (hp, cond_high)], uncond, scale)
@@ -246,14 +276,22 @@ def frequency_bands(x: torch.Tensor, sigmas: Sequence[float], kernel_size: int =
         band_1 = L_1 x,   band_k = L_k x - L_{k-1} x,   band_N = x - L_{N-1} x
     The sum telescopes, so sum(bands) == x up to rounding.
     """
-    sigmas = list(sigmas)
-    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must decrease strictly (coarsest band first), got {sigmas}")
+    sigmas = _check_sigmas(sigmas, kernel_size)
     blurs = [low_pass(x, kernel_size, s) for s in sigmas]
     bands = [blurs[0]] if blurs else []
     bands += [fine - coarse for coarse, fine in zip(blurs, blurs[1:])]
     bands.append(x - blurs[-1] if blurs else x)
     return bands
+
+
+def _check_sigmas(sigmas: Sequence[float], kernel_size: int) -> list[float]:
+    """sigmas as floats: each finite and > 0, strictly decreasing; kernel_size a positive odd int."""
+    if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, (Sequence, torch.Tensor)):
+        raise ValueError(f"sigmas must be a list of numbers, got {sigmas!r:.60}")
+    sigmas = [check_kernel(kernel_size, s, f"sigmas[{k}]")[1] for k, s in enumerate(sigmas)]
+    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must decrease strictly (coarsest band first), got {sigmas}")
+    return sigmas
 
 
 def hybrid_bands(
@@ -268,6 +306,7 @@ def hybrid_bands(
     (coarsest first; len(sigmas) == N - 1). With N = 2 and sigmas = [sigma] it is ``hybrid``.
     """
     conds = list(conds)
+    sigmas = _check_sigmas(sigmas, kernel_size)
     if len(conds) != len(sigmas) + 1:
         raise ValueError(f"N prompts need N - 1 sigmas: got {len(conds)} prompts and {len(sigmas)} sigmas")
 

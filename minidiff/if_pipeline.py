@@ -22,11 +22,14 @@ from typing import Sequence
 
 import torch
 
+from minidiff.checks import finite_tensor, image_batch, integer, real_number
 from minidiff.guidance import cfg
-from minidiff.samplers import Callback, iterative_denoise
+from minidiff.samplers import Callback, check_generator, iterative_denoise
 from minidiff.schedule import DDPMSchedule, strided_timesteps
 
-__all__ = ["IFDenoiser", "if_stage1"]
+__all__ = ["IFDenoiser", "if_stage1", "GUIDANCE_SCALE"]
+
+GUIDANCE_SCALE = 7.0  # the course's classifier-free guidance scale for IF stage 1
 
 
 class IFDenoiser:
@@ -67,7 +70,7 @@ def if_stage1(
     unet: torch.nn.Module,
     prompt_embeds: torch.Tensor,
     negative_embeds: torch.Tensor,
-    guidance_scale: float = 7.0,
+    guidance_scale: float = GUIDANCE_SCALE,
     timesteps: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     schedule: DDPMSchedule | None = None,
@@ -85,16 +88,35 @@ def if_stage1(
     x_T: the starting noise (B, 3, H, W); drawn with ``generator`` when not given.
     Returns float32 images (B, 3, H, W) clipped to [-1, 1].
     """
+    # Every argument is checked here, before the first (slow) UNet call.
+    if not isinstance(unet, torch.nn.Module):
+        raise ValueError(f"unet must be an IFUNet (torch.nn.Module), got {type(unet).__name__}")
     cond = _as_batch(prompt_embeds, "prompt_embeds")
     uncond = _as_batch(negative_embeds, "negative_embeds")
     batch = cond.shape[0]
+    if uncond.shape[1:] != cond.shape[1:] or uncond.shape[0] not in (1, batch):
+        raise ValueError(
+            f"negative_embeds must be (1 or {batch}, {cond.shape[1]}, {cond.shape[2]}) like prompt_embeds "
+            f"{tuple(cond.shape)}, got {tuple(uncond.shape)}; embed the empty prompt \"\" with the same T5"
+        )
+    guidance_scale = real_number(guidance_scale, "guidance_scale")
+    check_generator(generator)
     schedule = schedule if schedule is not None else DDPMSchedule.deepfloyd()
-    timesteps = list(timesteps) if timesteps is not None else strided_timesteps(990, 30)
+    if not isinstance(schedule, DDPMSchedule):
+        raise ValueError(f"schedule must be a DDPMSchedule (IF is a DDPM model), got {schedule!r:.60}")
+    timesteps = timesteps if timesteps is not None else strided_timesteps(990, 30)
+    in_ch = getattr(getattr(unet, "conv_in", None), "in_channels", 3)
     if x_T is None:
-        in_ch = getattr(getattr(unet, "conv_in", None), "in_channels", 3)
+        height, width = integer(height, "height", minimum=1), integer(width, "width", minimum=1)
+        factor = 2 ** getattr(unet, "num_upsamplers", 0)
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be multiples of {factor} for this UNet, got {height}x{width}")
         x_T = torch.randn(batch, in_ch, height, width, generator=generator)
-    elif x_T.shape[0] != batch:
-        raise ValueError(f"x_T has batch {x_T.shape[0]} but there are {batch} prompt embeddings")
+    else:
+        image_batch(x_T, "x_T", channels=in_ch)
+        finite_tensor(x_T, "x_T")
+        if x_T.shape[0] != batch:
+            raise ValueError(f"x_T has batch {x_T.shape[0]} but there are {batch} prompt embeddings")
     x = x_T.float()
     den = cfg(IFDenoiser(unet), cond.float(), uncond.float(), guidance_scale)
     x = iterative_denoise(den, x, schedule, timesteps, generator=generator, callback=callback, progress=progress)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidiff.checks import finite_tensor, real_number
+
 __all__ = ["MNISTJudge", "judge_accuracy", "judge_features", "frechet_distance", "psnr", "random_shift"]
 
 
@@ -71,14 +73,29 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
 
 
 def _as_digits(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 (N, 28, 28) / (N, 1, 28, 28) in 0..255, or float in [0, 1] -> float (N, 1, 28, 28) in [0, 1]."""
+    """uint8 (N, 28, 28) / (N, 1, 28, 28) in 0..255, or float in [0, 1] -> float (N, 1, 28, 28) in [0, 1].
+
+    Floats a little outside [0, 1] (a sampler's overshoot) are clipped; floats far outside
+    are refused, since they are images in another range (e.g. [-1, 1] or 0..255).
+    """
+    if not isinstance(images, (torch.Tensor, np.ndarray)):
+        raise ValueError(f"images must be a tensor or numpy array of digits, got {type(images).__name__}")
     x = torch.as_tensor(images)
     if x.ndim == 3:
         x = x.unsqueeze(1)
-    if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-        raise ValueError(f"digits must be (N, 28, 28) or (N, 1, 28, 28), got shape {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1:] != (1, 28, 28) or x.shape[0] == 0:
+        raise ValueError(f"images must be N >= 1 digits (N, 28, 28) or (N, 1, 28, 28), got shape {tuple(x.shape)}")
     if x.dtype == torch.uint8:
         return x.float() / 255.0
+    if not x.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or float in [0, 1], got {x.dtype}")
+    finite_tensor(x, "images", "the judge cannot read them")
+    low, high = float(x.min()), float(x.max())
+    if low < -0.5 or high > 1.5:
+        raise ValueError(
+            f"float images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
+            "map [-1, 1] images with (x + 1) / 2 and 0..255 ones with x / 255"
+        )
     return x.float().clamp(0, 1)
 
 
@@ -119,8 +136,15 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """
     a = np.asarray(torch.as_tensor(feats_a, dtype=torch.float64))
     b = np.asarray(torch.as_tensor(feats_b, dtype=torch.float64))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
-        raise ValueError(f"need two (N, F) feature sets with N >= 2 and equal F, got {a.shape} and {b.shape}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"feats_a and feats_b must be two (N, F) feature sets with the same F, got {a.shape} and {b.shape}"
+        )
+    for name, f in (("feats_a", a), ("feats_b", b)):
+        if f.shape[0] < 2:
+            raise ValueError(f"{name} has {f.shape[0]} samples; a covariance needs at least 2 (use hundreds)")
+        if not np.isfinite(f).all():
+            raise ValueError(f"{name} holds NaN or inf features; check the images they came from")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root_a = _sqrtm_psd(s_a)
@@ -131,8 +155,12 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB over the whole batch: 10 log10(range^2 / MSE); inf when equal."""
+    for name, t in (("x", x), ("ref", ref)):
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            raise ValueError(f"psnr needs non-empty tensors, got {name} = {t!r:.60}")
     if x.shape != ref.shape:
-        raise ValueError(f"psnr needs equal shapes, got {tuple(x.shape)} and {tuple(ref.shape)}")
+        raise ValueError(f"psnr needs equal shapes, got x {tuple(x.shape)} and ref {tuple(ref.shape)}")
+    data_range = real_number(data_range, "data_range", positive=True)
     mse = float(((x.double() - ref.double()) ** 2).mean())
     if mse == 0:
         return math.inf

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +31,7 @@ import torch
 
 from minidiff.models.mnist import class_vector
 from minidiff.schedule import DDPMSchedule, FlowSchedule
+from minidiff.paths import shipped_dir
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -43,19 +45,26 @@ __all__ = [
     "cli_sample_digits",
 ]
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "mnist"
+WEIGHTS_DIR = shipped_dir("weights") / "mnist"  # weights/mnist of a checkout, or of the installed package
+GUIDANCE = 5.0  # the classifier-free guidance scale the shipped class-conditioned models were tuned for
 SHIPPED = ["flow-class", "flow-time", "ddpm-class", "denoiser", "judge"]
 
 
 def _resolve(name_or_dir: str | os.PathLike) -> Path:
-    path = Path(name_or_dir)
+    """The checkpoint folder of a shipped name or a path: one holding config.json (load_checkpoint checks the rest)."""
+    if not isinstance(name_or_dir, (str, os.PathLike)) or not str(name_or_dir):
+        raise ValueError(f"give a shipped model name ({', '.join(SHIPPED)}) or a checkpoint folder, got {name_or_dir!r}")
+    path = Path(name_or_dir).expanduser()
     if (path / "config.json").is_file():
         return path
     shipped = WEIGHTS_DIR / str(name_or_dir)
     if (shipped / "config.json").is_file():
         return shipped
+    if path.is_file():
+        raise ValueError(f"{path} is a file; give the folder holding model.safetensors and config.json")
+    where = f"{path} holds no config.json" if path.is_dir() else f"no MNIST checkpoint at {str(name_or_dir)!r}"
     raise FileNotFoundError(
-        f"no MNIST checkpoint at {name_or_dir!r}: give a folder holding model.safetensors and config.json, "
+        f"{where}: give a folder holding model.safetensors and config.json (as minidiff train writes), "
         f"or a shipped name ({', '.join(SHIPPED)}, or e.g. flow-class/snapshots/epoch_001) under {WEIGHTS_DIR}"
     )
 
@@ -153,7 +162,7 @@ def function_evaluations(method: str, steps: int) -> int:
 def sample_digits(
     model: MNISTModel | str | os.PathLike | None = None,
     per_class: int = 10,
-    guidance: float = 5.0,
+    guidance: float = GUIDANCE,
     steps: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -174,8 +183,12 @@ def sample_digits(
 
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a positive int, got {per_class!r}")
-    if not math.isfinite(guidance):
-        raise ValueError(f"guidance must be a finite number, got {guidance}")
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int (None for the model's own), got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(model, MNISTModel):
         model = load_mnist_model(model or "flow-class", device=device)
     if not model.conditional or model.schedule is None:
@@ -183,7 +196,7 @@ def sample_digits(
     defaults = model.config.get("sampler", {})
     flow = model.kind == "flow"
     method = method or defaults.get("method", "heun" if flow else "ddpm")
-    steps = steps or defaults.get("steps", 8 if flow else 300)
+    steps = defaults.get("steps", 8 if flow else 300) if steps is None else steps
     grid = grid or defaults.get("grid", "uniform")
     if flow:
         timesteps: list = flow_time_grid(steps, grid)
@@ -211,14 +224,18 @@ def sample_digits(
 
 def cli_sample_digits(args) -> int:
     """`minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz`."""
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise ValueError(f"--out must name a .npz file, got {out}")
+    from minidiff.paths import output_file
+
+    out = output_file(args.out, ".npz")  # before sampling: a bad --out must not cost the whole run
+    guidance = GUIDANCE if args.guidance is None else args.guidance
+    model = load_mnist_model(args.model or "flow-class", device=args.device)  # a bad --model fails here, in a second
     images, labels = sample_digits(
-        args.model, per_class=args.per_class, guidance=args.guidance, steps=args.steps, seed=args.seed,
+        model, per_class=args.per_class, guidance=guidance, steps=args.steps, seed=args.seed,
         device=args.device,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, images=images, labels=labels)
+    # written beside the target and renamed: an existing file is replaced whole or not at all
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.stem}-", suffix=".npz", delete=False) as f:
+        np.savez(f, images=images, labels=labels)
+    os.replace(f.name, out)
     print(f"wrote {images.shape[0]} digits to {out}")
     return 0

@@ -27,16 +27,24 @@ Sampling needs no gradients, so every loop runs under torch.no_grad().
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minidiff.schedule import DDPMSchedule, FlowSchedule, dynamic_threshold
+from minidiff.checks import finite_tensor, image_batch, integer, real_number
+from minidiff.schedule import DDPMSchedule, FlowSchedule, check_schedule, dynamic_threshold
 
 __all__ = [
     "Denoiser",
     "Callback",
+    "check_generator",
+    "check_timesteps",
+    "check_loop_args",
+    "run_denoiser",
     "one_step_denoise",
     "iterative_denoise",
     "ddim_step",
@@ -73,6 +81,29 @@ def batch_timesteps(schedule: Schedule, t: float | int | torch.Tensor, x: torch.
     return tt.to(dtype).reshape(-1).expand(x.shape[0]).contiguous()
 
 
+def _timestep_list(schedule: Schedule, timesteps: Sequence[float] | torch.Tensor) -> list:
+    """timesteps as a list of Python numbers: ints for DDPM, floats for flow (each one checked)."""
+    if isinstance(timesteps, (torch.Tensor, np.ndarray)):
+        if timesteps.ndim != 1:
+            raise ValueError(f"timesteps must be a 1-D sequence, got an array of shape {tuple(timesteps.shape)}")
+        timesteps = timesteps.tolist()
+    if isinstance(timesteps, (str, bytes)) or not isinstance(timesteps, Sequence):
+        raise ValueError(
+            f"timesteps must be a list of numbers such as strided_timesteps() or FlowSchedule.timesteps(n), "
+            f"got {timesteps!r:.80}"
+        )
+    if is_flow(schedule):
+        return [real_number(t, f"timesteps[{i}]") for i, t in enumerate(timesteps)]
+    ts = []
+    for i, t in enumerate(timesteps):
+        if isinstance(t, numbers.Real) and not isinstance(t, numbers.Integral) and float(t).is_integer():
+            t = int(t)  # 990.0 is the timestep 990; 990.5 is a mistake
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise ValueError(f"timesteps[{i}] must be an integer DDPM timestep, got {t!r:.40}")
+        ts.append(int(t))
+    return ts
+
+
 def check_timesteps(schedule: Schedule, timesteps: Sequence[float] | torch.Tensor, i_start: int) -> list:
     """Validate a timestep list and i_start; return the timesteps as Python numbers.
 
@@ -80,39 +111,88 @@ def check_timesteps(schedule: Schedule, timesteps: Sequence[float] | torch.Tenso
     Flow: strictly increasing floats in [0, 1]. Needs 0 <= i_start < len(timesteps) - 1,
     so that there is at least one step to take.
     """
-    if isinstance(timesteps, torch.Tensor):
-        if timesteps.ndim != 1:
-            raise ValueError(f"timesteps must be a 1-D sequence, got shape {tuple(timesteps.shape)}")
-        timesteps = timesteps.tolist()
-    ts = [float(t) for t in timesteps] if is_flow(schedule) else [int(t) for t in timesteps]
+    check_schedule(schedule)
+    ts = _timestep_list(schedule, timesteps)
     if len(ts) < 2:
         raise ValueError(f"timesteps needs at least two entries (one step), got {ts}")
-    if isinstance(i_start, bool) or not isinstance(i_start, int) or not 0 <= i_start < len(ts) - 1:
+    if isinstance(i_start, bool) or not isinstance(i_start, numbers.Integral) or not 0 <= i_start < len(ts) - 1:
         raise ValueError(
             f"i_start must be an int in [0, {len(ts) - 2}] for {len(ts)} timesteps "
             f"(the last entry is where sampling ends), got {i_start!r}"
         )
-    pairs = list(zip(ts[:-1], ts[1:]))
-    if is_flow(schedule):
-        if not all(a < b for a, b in pairs) or ts[0] < 0 or ts[-1] > 1:
-            raise ValueError(f"flow-matching timesteps must increase strictly within [0, 1], got {ts}")
-    else:
-        if not all(a > b for a, b in pairs) or ts[0] >= schedule.num_timesteps or ts[-1] < -1:
+    flow = is_flow(schedule)
+    order = "increase strictly (noise at t = 0, data at t = 1)" if flow else "decrease strictly (from noise to image)"
+    for i, (a, b) in enumerate(zip(ts[:-1], ts[1:])):
+        if (a >= b) if flow else (a <= b):
             raise ValueError(
-                f"DDPM timesteps must decrease strictly within [0, {schedule.num_timesteps - 1}] "
-                f"(optionally ending at -1), got {ts[:4]}...{ts[-2:]}"
+                f"timesteps must {order} for a {type(schedule).__name__}, got timesteps[{i}] = {a} "
+                f"then timesteps[{i + 1}] = {b}"
             )
+    if flow and (ts[0] < 0 or ts[-1] > 1):
+        raise ValueError(f"flow-matching timesteps must lie within [0, 1], got {ts[0]} ... {ts[-1]}")
+    if not flow and (ts[0] >= schedule.num_timesteps or ts[-1] < -1):
+        raise ValueError(
+            f"DDPM timesteps must lie within [0, {schedule.num_timesteps - 1}] for this "
+            f"{schedule.num_timesteps}-step schedule (optionally ending at -1), got {ts[0]} ... {ts[-1]}"
+        )
     return ts
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    """ValueError unless generator is None or a torch.Generator (a bare seed is a common slip)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), got {generator!r:.40}"
+        )
+
+
+def check_loop_args(
+    den: Denoiser,
+    x: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[float] | torch.Tensor,
+    i_start: int,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    x_name: str = "x",
+) -> list:
+    """Everything a sampling or editing loop checks once, before its first step.
+
+    Returns the timesteps as Python numbers (see ``check_timesteps``).
+    """
+    if not callable(den):
+        raise ValueError(f"den must be a denoiser, a callable den(x_t, t), got {den!r:.80}")
+    image_batch(x, x_name)
+    finite_tensor(x, x_name)
+    check_generator(generator)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable as callback(i, t, x_t, x0_hat), got {callback!r:.80}")
+    return check_timesteps(schedule, timesteps, i_start)
+
+
+def run_denoiser(den: Denoiser, x: torch.Tensor, schedule: Schedule, t: float | int) -> torch.Tensor:
+    """den(x, t) with t broadcast to the batch, and the output's shape checked.
+
+    The output must have x's shape, or (DDPM only) twice its channels for eps plus the
+    learned-range variance values; anything else is a denoiser bug named here rather than
+    deep inside the schedule's arithmetic.
+    """
+    out = den(x, batch_timesteps(schedule, t, x))
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the denoiser must return a tensor of shape {tuple(x.shape)}, got a {type(out).__name__}")
+    b, c = x.shape[:2]
+    ok = out.shape == x.shape or (not is_flow(schedule) and out.shape == (b, 2 * c, *x.shape[2:]))
+    if not ok:
+        what = f"{tuple(x.shape)} or, with learned variance, {(b, 2 * c, *x.shape[2:])}"
+        raise ValueError(
+            f"the denoiser returned shape {tuple(out.shape)} for x_t of shape {tuple(x.shape)}; "
+            f"it must return {what if not is_flow(schedule) else tuple(x.shape)}"
+        )
+    return out
 
 
 def progress_bar(steps: range, progress: bool, desc: str):
     return tqdm(steps, desc=desc, disable=not progress, leave=False)
-
-
-def _check_image(x: torch.Tensor, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a batch (B, C, ...) tensor such as (B, C, H, W), got {shape}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,9 +209,17 @@ def one_step_denoise(
     DDPM: x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t).
     Flow: x1_hat = x_t + (1 - t) v_hat.
     """
-    _check_image(x_t, "x_t")
-    tt = batch_timesteps(schedule, t, x_t)
-    return schedule.predict_data(x_t, den(x_t, tt), tt)
+    if not callable(den):
+        raise ValueError(f"den must be a denoiser, a callable den(x_t, t), got {den!r:.80}")
+    check_schedule(schedule)
+    image_batch(x_t, "x_t")
+    finite_tensor(x_t, "x_t")
+    # The range of t is checked before the model runs (an IF forward takes seconds).
+    if is_flow(schedule):
+        schedule._time(t, x_t)
+    else:
+        schedule._index(t, x_t.shape[0])
+    return schedule.predict_data(x_t, run_denoiser(den, x_t, schedule, t), t)
 
 
 @torch.no_grad()
@@ -160,12 +248,11 @@ def iterative_denoise(
 
     Returns x at timesteps[-1], and with return_intermediates also the list of all states.
     """
-    _check_image(x)
-    ts = check_timesteps(schedule, timesteps, i_start)
+    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
     intermediates = [x]
     for i in progress_bar(range(i_start, len(ts) - 1), progress, "denoising"):
         t, t_next = ts[i], ts[i + 1]
-        model_output = den(x, batch_timesteps(schedule, t, x))
+        model_output = run_denoiser(den, x, schedule, t)
         if callback is not None:
             callback(i, t, x, schedule.predict_data(x, model_output, t))
         x = schedule.step(x, model_output, t, t_next, generator=generator)
@@ -207,8 +294,14 @@ def ddim_step(
     Uses the first C channels of a 2C output (DDIM has no learned variance) and the
     schedule's thresholding/clipping of x0_hat, as diffusers' DDIMScheduler does.
     """
-    if not 0.0 <= eta:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not isinstance(schedule, DDPMSchedule):
+        raise ValueError(f"ddim_step needs a DDPMSchedule, got {schedule!r:.60}")
+    real_number(eta, "eta", nonnegative=True)
+    t, t_prev = integer(t, "t"), integer(t_prev, "t_prev")
+    if not -1 <= t_prev < t < schedule.num_timesteps:
+        raise ValueError(
+            f"ddim_step needs -1 <= t_prev < t <= {schedule.num_timesteps - 1}, got t={t}, t_prev={t_prev}"
+        )
     eps, _ = schedule.split_output(x_t, model_output)
     work = torch.float64 if x_t.dtype == torch.float64 else torch.float32
     ab_t, ab_prev = _alpha_bar(schedule, t, x_t), _alpha_bar(schedule, t_prev, x_t)
@@ -244,14 +337,16 @@ def ddim(
     With eta = 0 (the default) the result is a deterministic function of the starting x:
     the same noise always gives the same image, and few steps (20-50) suffice.
     """
-    if is_flow(schedule):
-        raise ValueError("DDIM needs a DDPMSchedule; for a FlowSchedule use flow_euler or flow_heun")
-    _check_image(x)
-    ts = check_timesteps(schedule, timesteps, i_start)
+    if not isinstance(schedule, DDPMSchedule):
+        raise ValueError(
+            f"DDIM needs a DDPMSchedule, got {schedule!r:.60}; for a FlowSchedule use flow_euler or flow_heun"
+        )
+    eta = real_number(eta, "eta", nonnegative=True)
+    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
     intermediates = [x]
     for i in progress_bar(range(i_start, len(ts) - 1), progress, "DDIM"):
         t, t_prev = ts[i], ts[i + 1]
-        model_output = den(x, batch_timesteps(schedule, t, x))
+        model_output = run_denoiser(den, x, schedule, t)
         if callback is not None:
             callback(i, t, x, schedule.predict_data(x, model_output, t))
         x = ddim_step(schedule, x, model_output, t, t_prev, eta=eta, generator=generator)
@@ -282,8 +377,10 @@ def flow_euler(
     It is iterative_denoise with a FlowSchedule; the generator is unused (the flow is
     deterministic) and accepted so that every sampler has the same signature.
     """
-    if not is_flow(schedule):
-        raise ValueError("flow_euler needs a FlowSchedule; for a DDPMSchedule use iterative_denoise or ddim")
+    if not isinstance(schedule, FlowSchedule):
+        raise ValueError(
+            f"flow_euler needs a FlowSchedule, got {schedule!r:.60}; for a DDPMSchedule use iterative_denoise or ddim"
+        )
     return iterative_denoise(den, x, schedule, timesteps, i_start, generator, callback, progress, return_intermediates)
 
 
@@ -310,19 +407,20 @@ def flow_heun(
     plain Euler step: at the data end the velocity of an exact (memorising) denoiser is 0/0.
     final_euler=False corrects that step too, for models whose v(x, 1) is meaningful.
     """
-    if not is_flow(schedule):
-        raise ValueError("flow_heun needs a FlowSchedule; for a DDPMSchedule use iterative_denoise or ddim")
-    _check_image(x)
-    ts = check_timesteps(schedule, timesteps, i_start)
+    if not isinstance(schedule, FlowSchedule):
+        raise ValueError(
+            f"flow_heun needs a FlowSchedule, got {schedule!r:.60}; for a DDPMSchedule use iterative_denoise or ddim"
+        )
+    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
     intermediates = [x]
     for i in progress_bar(range(i_start, len(ts) - 1), progress, "Heun"):
         t, t_next = ts[i], ts[i + 1]
-        v1 = den(x, batch_timesteps(schedule, t, x))
+        v1 = run_denoiser(den, x, schedule, t)
         if callback is not None:
             callback(i, t, x, schedule.predict_data(x, v1, t))
         x_euler = schedule.step(x, v1, t, t_next)
         if t_next < 1.0 or not final_euler:
-            v2 = den(x_euler, batch_timesteps(schedule, t_next, x))
+            v2 = run_denoiser(den, x_euler, schedule, t_next)
             x = schedule.step(x, (v1 + v2) / 2, t, t_next)
         else:
             x = x_euler
@@ -340,6 +438,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": flow_euler,
     "heun": flow_heun,
 }
+FLOW_METHODS = ("euler", "heun")  # the others need a DDPMSchedule
 
 
 def sample(
@@ -364,16 +463,29 @@ def sample(
     sqrt(ab) ~ 0.006). The noise is drawn from ``generator`` on ``device`` (which must be the
     generator's device). Extra keyword arguments go to the sampler (e.g. eta for DDIM).
     """
+    check_schedule(schedule)
     if method is None:
         method = "euler" if is_flow(schedule) else "ddpm"
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {', '.join(SAMPLERS)}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"shape must be a positive batch shape such as (B, C, H, W), got {shape}")
+    if (method in FLOW_METHODS) != is_flow(schedule):
+        fits = ", ".join(m for m in SAMPLERS if (m in FLOW_METHODS) == is_flow(schedule))
+        raise ValueError(f"method {method!r} does not fit a {type(schedule).__name__}; choose one of {fits}")
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+        raise ValueError(f"shape must be the image batch shape (B, C, H, W), got {shape!r:.60}")
+    shape = tuple(integer(n, f"shape[{i}]", minimum=1) for i, n in enumerate(shape))
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    check_generator(generator)
+    sampler = SAMPLERS[method]
+    unknown = set(sampler_kwargs) - set(inspect.signature(sampler).parameters)
+    if unknown:
+        raise ValueError(f"method {method!r} takes no argument {', '.join(sorted(unknown))}")
     if device is None and generator is not None:
         device = generator.device
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    return SAMPLERS[method](
+    return sampler(
         den, x, schedule, timesteps, 0, generator, callback, progress, return_intermediates, **sampler_kwargs
     )

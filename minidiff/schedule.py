@@ -31,11 +31,14 @@ from typing import Sequence, Union
 
 import torch
 
+from minidiff.checks import integer, real_number
+
 Timestep = Union[int, float, torch.Tensor]
 
 __all__ = [
     "DDPMSchedule",
     "FlowSchedule",
+    "check_schedule",
     "strided_timesteps",
     "timestep_index",
     "linear_betas",
@@ -51,11 +54,12 @@ __all__ = [
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """beta_t evenly spaced from beta_start to beta_end (Ho et al., 2020). Shape (T,), float32."""
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    if not (0.0 < beta_start <= beta_end < 1.0):
+    num_timesteps = integer(num_timesteps, "num_timesteps", minimum=1)
+    beta_start, beta_end = real_number(beta_start, "beta_start"), real_number(beta_end, "beta_end")
+    if not (0.0 < beta_start < beta_end < 1.0):
         raise ValueError(
-            f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
+            f"need 0 < beta_start < beta_end < 1 (noise grows with t), got beta_start={beta_start}, "
+            f"beta_end={beta_end}; for constant betas build DDPMSchedule(torch.full((T,), beta))"
         )
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float32)
 
@@ -68,8 +72,10 @@ def cosine_betas(num_timesteps: int, max_beta: float = 0.999, s: float = 0.008) 
 
     DeepFloyd IF uses it with T = 1000. Computed in float64, returned as float32 (T,).
     """
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    num_timesteps = integer(num_timesteps, "num_timesteps", minimum=1)
+    if not 0.0 < real_number(max_beta, "max_beta") < 1.0:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+    s = real_number(s, "s", nonnegative=True)
 
     def alpha_bar(u: float) -> float:
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -90,8 +96,10 @@ def dynamic_threshold(x0_hat: torch.Tensor, ratio: float = 0.995, max_value: flo
     """
     if x0_hat.ndim < 2:
         raise ValueError(f"dynamic_threshold expects a batch (B, ...), got shape {tuple(x0_hat.shape)}")
-    if not 0.0 < ratio <= 1.0:
+    if not 0.0 < real_number(ratio, "ratio") <= 1.0:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if not real_number(max_value, "max_value") >= 1.0:
+        raise ValueError(f"max_value must be >= 1 (s is clamped to [1, max_value]), got {max_value}")
     dtype = x0_hat.dtype
     flat = x0_hat.reshape(x0_hat.shape[0], -1)
     if flat.dtype not in (torch.float32, torch.float64):
@@ -113,6 +121,9 @@ def _check_batch(x: torch.Tensor, name: str) -> None:
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    for x, name in ((a, name_a), (b, name_b)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if a.shape != b.shape:
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
@@ -144,8 +155,8 @@ def _timesteps_as_tensor(t: Timestep, batch: int, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a scalar or a (B,) tensor, got shape {tuple(tt.shape)}")
     if tt.ndim == 1 and tt.shape[0] != batch:
         raise ValueError(f"{name} has {tt.shape[0]} entries but the batch has {batch} samples")
-    if tt.is_complex():
-        raise ValueError(f"{name} must be real, got {tt.dtype}")
+    if tt.is_complex() or tt.dtype == torch.bool:
+        raise ValueError(f"{name} must be a real number or tensor of them, got dtype {tt.dtype}")
     return tt
 
 
@@ -175,7 +186,13 @@ class DDPMSchedule:
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("every beta must lie in (0, 1)")
+            bad = betas[~((betas > 0) & (betas < 1))][:3].tolist()
+            raise ValueError(f"every beta must lie in (0, 1), got e.g. {bad}")
+        if not 0.0 < real_number(dynamic_thresholding_ratio, "dynamic_thresholding_ratio") <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio}")
+        if real_number(sample_max_value, "sample_max_value") < 1.0:
+            raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+        real_number(clip_sample_range, "clip_sample_range", positive=True)
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
@@ -226,7 +243,7 @@ class DDPMSchedule:
     def _index(self, t: Timestep, batch: int, name: str = "t", allow_minus_one: bool = False) -> torch.Tensor:
         tt = _timesteps_as_tensor(t, batch, name)
         if tt.is_floating_point():
-            if not bool((tt == tt.round()).all()):
+            if not bool((tt.isfinite() & (tt == tt.round())).all()):
                 raise ValueError(
                     f"{name} must hold integer DDPM timesteps in [0, {self.num_timesteps - 1}], got {tt}"
                 )
@@ -493,11 +510,18 @@ class FlowSchedule:
     @staticmethod
     def timesteps(num_steps: int, t_start: float = 0.0, t_end: float = 1.0) -> list[float]:
         """num_steps + 1 evenly spaced times from t_start to t_end (the Euler grid)."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if not 0.0 <= t_start < t_end <= 1.0:
+        num_steps = integer(num_steps, "num_steps", minimum=1)
+        if not 0.0 <= real_number(t_start, "t_start") < real_number(t_end, "t_end") <= 1.0:
             raise ValueError(f"need 0 <= t_start < t_end <= 1, got {t_start}, {t_end}")
         return torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64).tolist()
+
+
+def check_schedule(schedule: object) -> None:
+    """ValueError unless schedule is a DDPMSchedule or a FlowSchedule (what samplers and edits drive)."""
+    if not isinstance(schedule, (DDPMSchedule, FlowSchedule)):
+        raise ValueError(
+            f"schedule must be a DDPMSchedule or a FlowSchedule (from minidiff.schedule), got {schedule!r:.80}"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -512,12 +536,11 @@ def strided_timesteps(start: int = 990, stride: int = 30, end: int = 0) -> list[
     maps to t = 960, 900, 840, 780, 690, 390. The last entry is always ``end`` (appended
     when stride does not divide start - end).
     """
-    for name, value in (("start", start), ("stride", stride), ("end", end)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {value!r}")
+    start, end = integer(start, "start", minimum=0), integer(end, "end", minimum=0)
+    stride = integer(stride, "stride")
     if stride <= 0:
         raise ValueError(f"stride must be a positive int, got {stride}")
-    if end < 0 or start < end:
+    if start < end:
         raise ValueError(f"need 0 <= end <= start, got start={start}, end={end}")
     ts = list(range(start, end - 1, -stride))
     if ts[-1] != end:
@@ -529,5 +552,6 @@ def timestep_index(timesteps: Sequence[int], t: int) -> int:
     """The index i with timesteps[i] == t (inverse of timesteps[i_start])."""
     ts = list(timesteps)
     if t not in ts:
-        raise ValueError(f"timestep {t} is not in the schedule (first {ts[:3]}..., last {ts[-1]})")
+        where = f"(first {ts[:3]}..., last {ts[-1]})" if ts else "(the timesteps list is empty)"
+        raise ValueError(f"timestep {t} is not in the schedule {where}")
     return ts.index(t)

@@ -44,6 +44,21 @@ DEFAULT_T5 = "DeepFloyd/IF-I-XL-v1.0"  # holds text_encoder/ (fp16) and tokenize
 _KEY_PREFIX = "prompt:"  # safetensors keys must be non-empty; the empty prompt is the CFG null prompt
 
 
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    """prompts as a list; ValueError unless it is a non-empty list of strings."""
+    if isinstance(prompts, str):
+        raise ValueError(f"prompts must be a list of strings, not a single string: write [{prompts!r:.60}]")
+    if not isinstance(prompts, Iterable):
+        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError('prompts is empty; give at least one prompt (the empty prompt "" is the CFG null prompt)')
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}] must be a string, got {type(p).__name__}")
+    return prompts
+
+
 def _normalise(prompt: str) -> str:
     """IF's caption preprocessing without the optional cleaning: lower-case, strip."""
     return prompt.lower().strip()
@@ -122,8 +137,7 @@ def load_t5(
 @torch.no_grad()
 def encode_prompts(prompts: Sequence[str], tokenizer: T5Tokenizer, encoder, max_length: int = MAX_LENGTH) -> torch.Tensor:
     """T5 last hidden states of the prompts: (B, max_length, d_model), in the encoder's dtype."""
-    if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, not a single string")
+    prompts = _check_prompts(prompts)
     ids, mask = tokenizer([_normalise(p) for p in prompts], max_length)
     device = next(encoder.parameters()).device
     out = encoder(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -148,14 +162,25 @@ def load_embedding_cache(path: str | os.PathLike | None = None) -> dict[str, tor
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path) if path is not None else default_cache_path()
+    path = Path(path).expanduser() if path is not None else default_cache_path()
     if not path.exists():
         return {}
+    if not path.is_file():
+        raise ValueError(f"embedding cache {path} is not a file; pass the path of a .safetensors file")
     try:
         raw = load_file(str(path))
-    except SafetensorError as err:
-        raise ValueError(f"embedding cache {path} is corrupt ({err}); delete it and run `minidiff embed` again") from err
-    return {k[len(_KEY_PREFIX):]: v for k, v in raw.items() if k.startswith(_KEY_PREFIX)}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"embedding cache {path} is corrupt ({err}); delete it and run `minidiff embed` again"
+        ) from err
+    cache = {k[len(_KEY_PREFIX):]: v for k, v in raw.items() if k.startswith(_KEY_PREFIX)}
+    for prompt, e in cache.items():
+        if e.ndim != 2 or not e.is_floating_point():
+            raise ValueError(
+                f"embedding cache {path} is corrupt: {prompt!r} has shape {tuple(e.shape)} and dtype {e.dtype}, "
+                "expected a float (T, D) tensor; delete the file and run `minidiff embed` again"
+            )
+    return cache
 
 
 def save_embedding_cache(embeds: Mapping[str, torch.Tensor], path: str | os.PathLike | None = None) -> Path:
@@ -221,6 +246,7 @@ def prompt_embeddings(
 
     T5 is loaded only when a prompt is missing, and new embeddings are added to the cache.
     """
+    prompts = _check_prompts(prompts)
     known = dict(load_embedding_cache(cache))
     if extra:
         known.update(extra)
@@ -231,13 +257,20 @@ def prompt_embeddings(
         fresh = {p: e for p, e in zip(missing, new)}
         save_embedding_cache(fresh, cache)
         known.update(fresh)
-    return torch.stack([known[p] for p in prompts])
+    embeds = [known[p] for p in prompts]
+    for p, e in zip(prompts, embeds):
+        if not isinstance(e, torch.Tensor) or e.shape != embeds[0].shape:
+            raise ValueError(
+                f"the embedding of {p!r} has shape {tuple(getattr(e, 'shape', ()))} but that of {prompts[0]!r} "
+                f"{tuple(embeds[0].shape)}; all must come from the same T5 (re-embed them together)"
+            )
+    return torch.stack(embeds)
 
 
 def cli_embed(args: argparse.Namespace) -> int:
     """`minidiff embed PROMPT... [--t5 DIR_OR_ID] [--cache FILE] [--device DEV]`."""
     cache = Path(args.cache) if args.cache else default_cache_path()
-    prompts: Iterable[str] = list(args.prompts)
+    prompts = _check_prompts(args.prompts)
     have = load_embedding_cache(cache)
     todo = [p for p in dict.fromkeys(prompts) if p not in have]
     if todo:

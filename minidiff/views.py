@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from minidiff.checks import image_batch, integer
+
 __all__ = ["View", "get_view", "VIEW_NAMES", "patch_permutation_view", "jigsaw_view"]
 
 
@@ -37,15 +39,11 @@ class View:
         return self.view(x)
 
 
-def _check_image(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"views act on image batches (B, C, H, W), got {shape}")
-
-
 def _checked(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """fn, refusing anything but a (B, C, H, W) image batch (views act on images)."""
+
     def wrapped(x: torch.Tensor) -> torch.Tensor:
-        _check_image(x)
+        image_batch(x, "x", floating=False)
         return fn(x)
 
     wrapped.__doc__ = fn.__doc__
@@ -55,7 +53,7 @@ def _checked(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tens
 def _rot(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def rotate(x: torch.Tensor) -> torch.Tensor:
         if k % 2 and x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"a 90-degree rotation needs a square image, got {x.shape[-2]}x{x.shape[-1]}")
+            raise ValueError(f"a 90-degree rotation needs a square image x, got {x.shape[-2]}x{x.shape[-1]}")
         return torch.rot90(x, k, dims=(-2, -1))
 
     return rotate
@@ -92,8 +90,7 @@ def _permutation_view(name: str, make_index: Callable[[int, int], torch.Tensor])
 
 def patch_permutation_view(patch_size: int = 8, seed: int = 0) -> View:
     """Cut the image into patch_size x patch_size squares and shuffle them (seeded)."""
-    if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    patch_size, seed = integer(patch_size, "patch_size", minimum=1), integer(seed, "seed", minimum=0)
 
     def make_index(h: int, w: int) -> torch.Tensor:
         if h != w or h % patch_size:
@@ -111,8 +108,7 @@ def jigsaw_view(pieces: int = 4, seed: int = 0) -> View:
     """A jigsaw-style view: the image as a pieces x pieces grid of tiles, tiles shuffled and
     each turned by a seeded multiple of 90 degrees (a permutation of pixels, like Geng et al.'s
     jigsaw; our pieces are squares rather than interlocking shapes)."""
-    if pieces < 1:
-        raise ValueError(f"pieces must be >= 1, got {pieces}")
+    pieces, seed = integer(pieces, "pieces", minimum=1), integer(seed, "seed", minimum=0)
 
     def make_index(h: int, w: int) -> torch.Tensor:
         if h != w or h % pieces:
@@ -154,7 +150,7 @@ def get_view(name: str, **params) -> View:
 
     "flip" is the course's upside-down flip (same as "vflip"); "hflip" mirrors left-right.
     """
-    if name not in _FACTORIES:
+    if not isinstance(name, str) or name not in _FACTORIES:
         raise ValueError(f"unknown view {name!r}; choose one of {', '.join(VIEW_NAMES)}")
     try:
         return _FACTORIES[name](**params)

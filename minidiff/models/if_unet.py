@@ -37,13 +37,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# The header and key checks every loader shares; load_safetensors stays importable from here.
+from minidiff.checkpoint import check_state_dict, load_safetensors
 
 __all__ = [
     "IFUNet",
@@ -589,16 +591,25 @@ class IFUNet(nn.Module):
 
         Inputs are cast to the weights' dtype; the output (B, C_out, H, W) has that dtype.
         """
-        if sample.ndim != 4:
-            raise ValueError(f"sample must be (B, C, H, W), got shape {tuple(sample.shape)}")
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != sample.shape[0]:
-            raise ValueError(
-                f"encoder_hidden_states must be (B, T, D) with B={sample.shape[0]}, got {tuple(encoder_hidden_states.shape)}"
-            )
+        in_ch = self.conv_in.in_channels
+        if not isinstance(sample, torch.Tensor) or sample.ndim != 4 or sample.shape[1] != in_ch:
+            got = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+            raise ValueError(f"sample must be (B, {in_ch}, H, W) for this UNet, got {got}")
         B, _, H, W = sample.shape
+        # The text width the network reads: the projection's input, else the cross-attention's.
+        text_dim = self.encoder_hid_proj.in_features if self.encoder_hid_proj is not None else self.config.get(
+            "cross_attention_dim", 1280
+        )
+        ehs = encoder_hidden_states
+        if not isinstance(ehs, torch.Tensor) or ehs.ndim != 3 or ehs.shape[0] != B or ehs.shape[2] != text_dim:
+            got = tuple(ehs.shape) if isinstance(ehs, torch.Tensor) else type(ehs).__name__
+            raise ValueError(
+                f"encoder_hidden_states must be (B, T, {text_dim}) text embeddings with B={B} (the batch of "
+                f"sample), got {got}"
+            )
         f = 2**self.num_upsamplers
         if H % f or W % f:
-            raise ValueError(f"height and width must be multiples of {f} for this UNet, got {H}x{W}")
+            raise ValueError(f"sample height and width must be multiples of {f} for this UNet, got {H}x{W}")
         dtype = self.dtype
         x = sample.to(dtype)
         text = encoder_hidden_states.to(dtype)
@@ -693,68 +704,11 @@ def find_weights_file(folder: str | os.PathLike, prefer_fp16: bool = True) -> Pa
     raise FileNotFoundError(f"no {' or '.join(WEIGHT_NAMES)} in {folder}; run `minidiff fetch if-i-xl`")
 
 
-def _check_safetensors_file(path: Path) -> None:
-    """Catch truncated or corrupt files with a clear message before memory-mapping them.
-
-    Layout: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
-    data_offsets: [begin, end]}}, then the tensor bytes.
-    """
-    size = path.stat().st_size
-    advice = f"delete {path} and download it again"
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path} is truncated ({size} bytes, not even a safetensors header); {advice}")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100_000_000:
-            raise ValueError(f"{path} is not a safetensors file or is truncated (header of {n} bytes in a {size}-byte file); {advice}")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} has a corrupt safetensors header ({err}); {advice}") from err
-    if not isinstance(header, dict):
-        raise ValueError(f"{path} has a corrupt safetensors header; {advice}")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"{path} is truncated: its header needs {8 + n + end} bytes but the file has {size}; {advice}")
-
-
-def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors file, memory-mapped (no copy until used)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    _check_safetensors_file(path)
-    try:
-        return load_file(str(path))
-    except SafetensorError as err:
-        raise ValueError(f"{path} could not be read as safetensors ({err}); delete it and download it again") from err
-
-
 def _describe(config: Mapping[str, Any]) -> str:
     keys = ("block_out_channels", "layers_per_block", "cross_attention_dim", "encoder_hid_dim", "attention_head_dim")
     return ", ".join(f"{k}={config.get(k)!r}" for k in keys)
 
 
 def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], config: Mapping, source: Any) -> None:
-    """Strict key and shape check with a readable error (first few offenders, the config)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if items:
-            shown = "; ".join(items[:5]) + (f"; ... ({len(items) - 5} more)" if len(items) > 5 else "")
-            problems.append(f"{len(items)} {label} key(s): {shown}")
-    if problems:
-        raise ValueError(
-            f"{source} does not match the UNet its config.json describes ({_describe(config)}): "
-            + " | ".join(problems)
-            + ". Check that config.json and the weights come from the same checkpoint."
-        )
+    """The shared strict key and shape check (minidiff.checkpoint), describing the UNet by its config."""
+    check_state_dict(model, state, source, f"the UNet its config.json describes ({_describe(config)})")

@@ -30,6 +30,8 @@ At D = 64 one forward pass costs about 0.54 GFLOP per image (``forward_flops``).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,17 +155,17 @@ class FCBlock(nn.Sequential):
 def class_vector(c: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """Labels (B,) int64 in [0, num_classes) -> one-hot float (B, num_classes); a (B, K) float passes through."""
     if not isinstance(c, torch.Tensor):
-        raise ValueError(f"the class condition must be a tensor, got {type(c).__name__}")
+        raise ValueError(f"the class condition c must be a tensor, got {type(c).__name__}")
     if c.ndim == 1 and not c.is_floating_point():
         if c.numel() and (int(c.min()) < 0 or int(c.max()) >= num_classes):
             raise ValueError(
-                f"class labels must lie in 0..{num_classes - 1}, got min {int(c.min())}, max {int(c.max())}"
+                f"class labels c must lie in 0..{num_classes - 1}, got min {int(c.min())}, max {int(c.max())}"
             )
         return F.one_hot(c.long(), num_classes).float()
     if c.ndim == 2 and c.shape[1] == num_classes:
         return c.float()
     raise ValueError(
-        f"the class condition must be (B,) integer labels or a (B, {num_classes}) class vector, "
+        f"the class condition c must be (B,) integer labels or a (B, {num_classes}) class vector, "
         f"got shape {tuple(c.shape)} and dtype {c.dtype}"
     )
 
@@ -180,6 +182,8 @@ def drop_class(
 
 def _time_column(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
     """Normalised time t in [0, 1] (scalar or (B,)) -> a (B, 1) float column for the FCBlocks."""
+    if isinstance(t, bool) or not isinstance(t, (torch.Tensor, numbers.Real)):
+        raise ValueError(f"t must be a number or a (B,) tensor of normalised times in [0, 1], got {t!r:.60}")
     t = torch.as_tensor(t, dtype=torch.float32, device=device)
     if t.ndim == 0:
         t = t.expand(batch)
@@ -194,9 +198,11 @@ def _check_image(x: torch.Tensor, in_channels: int) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != in_channels or x.shape[2:] != (28, 28):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(
-            f"the MNIST UNet takes (B, {in_channels}, 28, 28) images, got {shape}; "
+            f"the MNIST UNet takes x of shape (B, {in_channels}, 28, 28), got {shape}; "
             "resize or pad to 28x28 (two stride-2 downsamplings and a 7x7 pool need exactly 28)"
         )
+    if not x.is_floating_point():
+        raise ValueError(f"the MNIST UNet takes float images x in [0, 1], got dtype {x.dtype}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -279,8 +285,9 @@ class TimeConditionalUNet(UnconditionalUNet):
         self.fc2_t = FCBlock(1, D)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        s0, s1, s2, z = self.encode(x)
+        _check_image(x, self.in_channels)  # before t's check reads x.shape
         tc = _time_column(t, x.shape[0], x.device).to(x.dtype)
+        s0, s1, s2, z = self.encode(x)
         return self.decode((s0, s1, s2), z, shift1=self.fc1_t(tc), shift2=self.fc2_t(tc))
 
 
@@ -304,11 +311,13 @@ class ClassConditionalUNet(TimeConditionalUNet):
         self.fc2_c = FCBlock(num_classes, D)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, c: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        s0, s1, s2, z = self.encode(x)
+        # Every input is checked before the encoder runs.
+        _check_image(x, self.in_channels)
         tc = _time_column(t, x.shape[0], x.device).to(x.dtype)
         cv = class_vector(c, self.num_classes).to(device=x.device, dtype=x.dtype)
         if cv.shape[0] != x.shape[0]:
-            raise ValueError(f"the class condition has {cv.shape[0]} rows but the batch has {x.shape[0]} images")
+            raise ValueError(f"the class condition c has {cv.shape[0]} rows but the batch has {x.shape[0]} images")
+        s0, s1, s2, z = self.encode(x)
         return self.decode(
             (s0, s1, s2),
             z,
