@@ -26,7 +26,8 @@ def run(ctx: LessonContext) -> None:
         mask[..., : h // 2, :] = 1  # the top half of the digit
     den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)
     n = 1 if ctx.quick else 3
-    results = [inpaint(den, image, mask, a.schedule, a.timesteps, generator=ctx.generator(k), progress=ctx.progress)
+    results = [inpaint(den, image, mask, a.schedule, a.timesteps, generator=ctx.generator(k), progress=ctx.progress,
+                       value_range=a.value_range)
                for k in range(n)]
     lo, hi = a.value_range
     hole = image * (1 - mask) + lo * mask

@@ -61,14 +61,16 @@ def add_lesson_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--model", choices=["auto", "if", "mnist"], default="auto",
-                   help="Part A model: IF when its weights are here (auto), or the shipped MNIST model")
+                   help="Part A lessons: IF when its weights are here (auto, the default), or the shipped MNIST model")
     p.add_argument("--image", default=None,
                    help="your own picture (PNG, JPEG, ...) for the lessons that start from one: "
                         "A1.1-A1.4 and A1.7-A1.7.3")
     p.add_argument("--guidance", type=finite_float, default=None,
                    help="classifier-free guidance scale for the lessons that guide (default: the model's own, "
                         "7 for IF, 5 for MNIST)")
-    p.add_argument("--train", action="store_true", help="Part B: retrain instead of using the shipped weights")
+    p.add_argument("--train", action="store_true",
+                   help="Part B lessons: retrain the model (needs MNIST: $MINIDIFF_MNIST_DIR, or a download) "
+                        "instead of using the shipped weights")
 
 
 def _lessons(args: argparse.Namespace) -> int:
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (default: 5, the shipped models' own)")
     q.add_argument("--steps", type=positive_int, default=None,
                    help="sampler steps (default: the model's own, 8 Heun steps for the shipped flow model)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="the same seed gives the same digits (default 0)")
     q.add_argument("--out", required=True, help="output .npz (images uint8 N x 28 x 28, labels int64)")
     q.add_argument("--model", default=None,
                    help="a shipped model name or a checkpoint directory (default: the shipped flow-class model)")

@@ -21,7 +21,6 @@ from the cache that ``minidiff embed`` fills (or T5, if it is on this machine).
 from __future__ import annotations
 
 import os
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -338,7 +337,12 @@ def part_a(ctx: LessonContext) -> PartA:
         if folder is not None:
             a = _if_backend(ctx, folder)
         elif ctx.model == "if":
-            raise FileNotFoundError(_IF_HOWTO.split(", so")[0] + ". " + _IF_HOWTO.split("For IF: ")[1])
+            raise FileNotFoundError(
+                "--model if: no DeepFloyd IF stage-1 UNet on this machine. To get it, accept the licence at "
+                "huggingface.co/DeepFloyd/IF-I-XL-v1.0, set HF_TOKEN, run 'minidiff fetch if-i-xl' and "
+                "'minidiff embed' for the prompts (or set MINIDIFF_IF_UNET to a unet/ folder); or drop --model if "
+                "to run the lesson on the shipped MNIST model"
+            )
         elif not _said_howto:
             ctx.say(_IF_HOWTO)
             _said_howto = True
@@ -362,7 +366,7 @@ def sdedit_levels(ctx: LessonContext, a: PartA, image: torch.Tensor, den, i_star
     row, titles = [], []
     for k, i_start in enumerate(i_starts):
         row.append(sdedit(den, image, a.schedule, a.timesteps, i_start, generator=ctx.generator(k),
-                          progress=ctx.progress))
+                          progress=ctx.progress, value_range=a.value_range))
         titles.append(f"i_start {i_start} (t {a.timesteps[i_start]})")
     return row + [image], titles + ["original"]
 
@@ -566,7 +570,9 @@ def save_loss_curve(ctx: LessonContext, name: str, folder: Path, title: str) -> 
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (MSE)")
-    ax.set_title(textwrap.fill(title, 64), fontsize=10)  # a run's description outgrows one line of 6 inches
+    if len(title) > 60:  # "what: how it was trained" outgrows one line of a 6-inch figure
+        title = title.replace(": ", "\n", 1)
+    ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
     path = ctx.path(name)

@@ -170,10 +170,13 @@ def _download(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         ds = MNIST(str(cache), train=(split == "train"), download=True)
     except Exception as err:  # network errors come in many types
+        # torchvision's message lists every mirror it tried over several lines; its first line says enough
+        first = str(err).strip().splitlines()[0].rstrip(":") if str(err).strip() else type(err).__name__
         raise FileNotFoundError(
-            f"no MNIST folder found and the download failed ({err}); set ${MNIST_ENV} to a folder of "
-            "IDX files (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, train-*.gz or train5k-*.gz)"
-        ) from err
+            f"no MNIST folder found and downloading MNIST failed ({first}; are you offline?); connect to the "
+            f"internet, or give --data / set ${MNIST_ENV} to a folder of IDX files "
+            "(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, train-*.gz or train5k-*.gz)"
+        ) from None
     return ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()
 
 

@@ -192,7 +192,8 @@ def sample_digits(
     if not isinstance(model, MNISTModel):
         model = load_mnist_model(model or "flow-class", device=device)
     if not model.conditional or model.schedule is None:
-        raise ValueError(f"sample_digits needs a class-conditioned DDPM or flow model, got a {model.kind}/{model.config['arch']} model")
+        raise ValueError(f"sample_digits needs a class-conditioned DDPM or flow model (shipped: flow-class, "
+                         f"ddpm-class), got a {model.kind}/{model.config['arch']} model")
     defaults = model.config.get("sampler", {})
     flow = model.kind == "flow"
     method = method or defaults.get("method", "heun" if flow else "ddpm")
