@@ -8,8 +8,8 @@ denoising fills in what the model believes belongs there.
 
 import matplotlib.cbook
 
-from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels, sketch
-from minidiff.data import load_image
+from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
+from minidiff.data import load_image, sketch
 from minidiff.guidance import cfg
 
 OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)

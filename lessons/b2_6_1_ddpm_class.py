@@ -13,7 +13,7 @@ pure noise (t = T - 1) to digits. Titles say how many the judge reads as their c
 
 import torch
 
-from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, save_sampling_gif,
+from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve,
                              trained_how)
 from minidiff.guidance import cfg
 from minidiff.mnist_pipeline import GUIDANCE, class_vectors, ddpm_timesteps, load_mnist_model
@@ -50,7 +50,7 @@ def run(ctx: LessonContext) -> None:
     grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
     ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
                   suptitle=f"epoch {epoch}, guidance {guidance:g}: {judge_says(x, labels)}")
-    save_sampling_gif(ctx, "sampling.gif", path)
+    ctx.save_sampling_gif("sampling.gif", path)
 
 
 if __name__ == "__main__":

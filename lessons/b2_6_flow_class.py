@@ -15,7 +15,7 @@ digits (t = 1). Titles say how many samples the judge classifier reads as their 
 
 import torch
 
-from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve, save_sampling_gif,
+from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve,
                              trained_how)
 from minidiff.guidance import cfg
 from minidiff.mnist_pipeline import GUIDANCE, class_vectors, flow_time_grid, load_mnist_model
@@ -56,7 +56,7 @@ def run(ctx: LessonContext) -> None:
     grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
     ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
                   suptitle=f"epoch {epoch}, guidance {guidance:g}: {judge_says(x, labels)}")
-    save_sampling_gif(ctx, "sampling.gif", path)
+    ctx.save_sampling_gif("sampling.gif", path)
 
     scales = sorted({1.0, guidance}) if ctx.quick else sorted({0.0, 1.0, 3.0, guidance})
     rows, row_labels = [], []

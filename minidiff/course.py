@@ -20,6 +20,7 @@ from the cache that ``minidiff embed`` fills (or T5, if it is on this machine).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from minidiff.data import sample_digits_real, sample_photo  # the lessons' test images
 from minidiff.schedule import DDPMSchedule, strided_timesteps
 
 __all__ = [
@@ -35,16 +37,11 @@ __all__ = [
     "PartA",
     "part_a",
     "find_if_unet",
-    "sample_photo",
-    "sample_digits_real",
-    "sketch",
     "IF_PROMPTS",
     "I_STARTS",
     "sdedit_levels",
     "main",
 ]
-
-ASSETS = Path(__file__).resolve().parent / "assets"
 
 # The course's prompts, and the digit that stands in for each on the MNIST path.
 IF_PROMPTS = {
@@ -81,6 +78,7 @@ class LessonContext:
     guidance: float | None = None  # classifier-free guidance scale; None: the model's own
     train: bool = False  # Part B: retrain instead of showing the shipped checkpoints
     written: list[Path] = field(default_factory=list)
+    said: set[str] = field(default_factory=set)  # notes already printed in this run of lessons
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -98,6 +96,12 @@ class LessonContext:
 
     def say(self, text: str) -> None:
         print(text, flush=True)
+
+    def say_once(self, text: str) -> None:
+        """Say text unless a lesson of this run said it already (``said`` is shared by 'lesson all')."""
+        if text not in self.said:
+            self.said.add(text)
+            self.say(text)
 
     def save_grid(self, name: str, images: torch.Tensor, nrow: int = 8, value_range=(-1.0, 1.0)) -> Path:
         from minidiff.data import save_grid
@@ -120,42 +124,17 @@ class LessonContext:
         suptitle: str | None = None,
         cell: float = 1.6,
     ) -> Path:
-        """A titled figure: rows of single images (each (C, H, W) or (1, C, H, W)), as a PNG."""
-        import matplotlib
+        """A titled figure of rows of single images (see minidiff.figures.rows_figure)."""
+        from minidiff.figures import rows_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        return rows_figure(self.path(name), rows, titles, row_labels, value_range, suptitle, cell)
 
-        nrows, ncols = len(rows), max(len(r) for r in rows)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + 0.3) * nrows + (0.4 if suptitle else 0)),
-                                 squeeze=False)
-        lo, hi = value_range
-        for r, row in enumerate(rows):
-            for c in range(ncols):
-                ax = axes[r][c]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c >= len(row):
-                    ax.axis("off")
-                    continue
-                img = row[c].detach().float().cpu()
-                img = img[0] if img.ndim == 4 else img
-                img = ((img - lo) / (hi - lo)).clamp(0, 1).permute(1, 2, 0).numpy()
-                if img.shape[2] == 1:
-                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                else:
-                    ax.imshow(img, interpolation="nearest")
-                if titles is not None and c < len(titles[r]) and titles[r][c]:
-                    ax.set_title(titles[r][c], fontsize=8)
-                if row_labels is not None and c == 0:
-                    ax.set_ylabel(row_labels[r], fontsize=8)
-        if suptitle:
-            fig.suptitle(suptitle, fontsize=10)
-        fig.tight_layout()
-        path = self.path(name)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+    def save_sampling_gif(self, name: str, states: Sequence[torch.Tensor], nrow: int = 10,
+                          value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+        """A sampler's states x_t from noise to image as a GIF (see minidiff.figures.sampling_gif)."""
+        from minidiff.figures import sampling_gif
+
+        return sampling_gif(self.path(name), states, nrow=nrow, value_range=value_range)
 
 
 # ----------------------------------------------------------------------------------------
@@ -282,7 +261,6 @@ _IF_HOWTO = (
     "huggingface.co/DeepFloyd/IF-I-XL-v1.0, set HF_TOKEN, run 'minidiff fetch if-i-xl' and "
     "'minidiff embed' for the prompts (or set MINIDIFF_IF_UNET), then rerun with --model if."
 )
-_said_howto = False
 
 
 def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
@@ -330,7 +308,6 @@ def part_a(ctx: LessonContext) -> PartA:
 
     --guidance replaces the backend's own scale, and --image its test image.
     """
-    global _said_howto
     a = None
     if ctx.model in ("auto", "if"):
         folder = find_if_unet()
@@ -343,9 +320,8 @@ def part_a(ctx: LessonContext) -> PartA:
                 "'minidiff embed' for the prompts (or set MINIDIFF_IF_UNET to a unet/ folder); or drop --model if "
                 "to run the lesson on the shipped MNIST model"
             )
-        elif not _said_howto:
-            ctx.say(_IF_HOWTO)
-            _said_howto = True
+        else:
+            ctx.say_once(_IF_HOWTO)
     a = a or _mnist_backend(ctx)
     if ctx.guidance is not None:
         a.guidance_scale = ctx.guidance
@@ -371,72 +347,6 @@ def sdedit_levels(ctx: LessonContext, a: PartA, image: torch.Tensor, den, i_star
     return row + [image], titles + ["original"]
 
 
-# ----------------------------------------------------------------------------------------
-# Test images
-# ----------------------------------------------------------------------------------------
-
-
-def sample_photo(size: int = 64) -> torch.Tensor:
-    """The default test photo, (1, 3, size, size) in [-1, 1]: Grace Hopper, from matplotlib's sample data."""
-    import matplotlib.cbook
-
-    from minidiff.data import load_image
-
-    return load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), size=size)
-
-
-def sample_digits_real() -> tuple[torch.Tensor, torch.Tensor]:
-    """A few real MNIST test digits that ship with minidiff: images (N, 1, 28, 28) in [0, 1], labels (N,)."""
-    path = ASSETS / "mnist_t10k_sample.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"missing {path}: reinstall minidiff from a complete checkout")
-    with np.load(path) as f:
-        images = torch.from_numpy(f["images"]).float().div(255).unsqueeze(1)
-        labels = torch.from_numpy(f["labels"]).long()
-    return images, labels
-
-
-def sketch(kind: str = "house", size: int = 64) -> torch.Tensor:
-    """A hand-drawn-looking sketch made with PIL lines, (1, 3, size, size) in [-1, 1].
-
-    kind: "house" (a house under a sun, for IF) or a digit "0".."9" drawn as strokes (for MNIST).
-    Black strokes on white for "house"; white strokes on black for digits, like MNIST.
-    """
-    from PIL import Image, ImageDraw
-
-    s = 256
-    if kind == "house":
-        img = Image.new("RGB", (s, s), "white")
-        d = ImageDraw.Draw(img)
-        d.rectangle([60, 120, 190, 220], outline="black", width=6)
-        d.polygon([(45, 125), (125, 50), (205, 125)], outline="black", width=6)
-        d.rectangle([110, 165, 145, 220], outline="black", width=5)
-        d.ellipse([190, 20, 240, 70], outline="black", width=5)
-        d.line([(0, 225), (255, 225)], fill="black", width=4)
-    elif kind in "0123456789" and len(kind) == 1:
-        strokes = {
-            "0": [[(128, 40), (80, 70), (70, 128), (80, 190), (128, 215), (176, 190), (186, 128), (176, 70), (128, 40)]],
-            "1": [[(110, 70), (135, 45), (135, 215)]],
-            "2": [[(80, 80), (110, 45), (160, 50), (175, 95), (80, 210), (185, 210)]],
-            "3": [[(80, 60), (150, 45), (170, 90), (120, 125), (175, 160), (150, 210), (80, 200)]],
-            "4": [[(150, 215), (150, 45), (70, 160), (190, 160)]],
-            "5": [[(175, 45), (95, 45), (85, 120), (160, 115), (175, 175), (130, 212), (80, 195)]],
-            "6": [[(165, 50), (100, 90), (80, 170), (125, 212), (170, 175), (140, 130), (85, 150)]],
-            "7": [[(75, 50), (185, 50), (115, 215)]],
-            "8": [[(128, 125), (85, 90), (128, 45), (170, 90), (128, 125), (80, 170), (128, 212), (176, 170), (128, 125)]],
-            "9": [[(170, 95), (128, 50), (85, 95), (128, 130), (170, 95), (160, 215)]],
-        }[kind]
-        img = Image.new("RGB", (s, s), "black")
-        d = ImageDraw.Draw(img)
-        for line in strokes:
-            d.line(line, fill="white", width=22, joint="curve")
-    else:
-        raise ValueError(f"unknown sketch {kind!r}: use 'house' or a digit '0'..'9'")
-    img = img.resize((size, size), Image.Resampling.LANCZOS)
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-    return (x * 2 - 1).unsqueeze(0)
-
-
 def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Sequence[str] | None = None) -> None:
     """``python lessons/<script>.py --out DIR [...]``: the same run, options and folder (DIR/<id>) as
     ``minidiff lesson <id> --out DIR [...]``."""
@@ -444,7 +354,7 @@ def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Seq
     import sys
 
     from minidiff.cli import add_lesson_options, report_errors
-    from minidiff.lessons_index import check_options, lesson_info, run_lesson
+    from minidiff.lessons_index import lesson_info, run_lesson
 
     info = lesson_info(Path(sys.modules[run.__module__].__file__))
     p = argparse.ArgumentParser(prog=info.path.name, description=(doc or "").strip().splitlines()[0] if doc else None)
@@ -452,9 +362,8 @@ def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Seq
     args = p.parse_args(argv)
 
     def go(args: argparse.Namespace) -> int:
-        check_options([info], image=args.image, guidance=args.guidance, train=args.train, model=args.model)
-        for path in run_lesson(info, Path(args.out), args.quick, args.seed, args.device, args.model,
-                               image=args.image, guidance=args.guidance, train=args.train, run=run):
+        for path in run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
+                               model=args.model, image=args.image, guidance=args.guidance, train=args.train):
             print(path)
         return 0
 
@@ -581,7 +490,11 @@ def save_loss_curve(ctx: LessonContext, name: str, folder: Path, title: str) -> 
     return path
 
 
-_judges: dict[Path, torch.nn.Module] = {}
+@functools.cache
+def _judge(folder: Path) -> torch.nn.Module:
+    from minidiff import mnist_pipeline
+
+    return mnist_pipeline.load_mnist_model(folder).net
 
 
 def judge_says(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -595,22 +508,7 @@ def judge_says(images: torch.Tensor, labels: torch.Tensor) -> str:
     from minidiff.metrics import judge_accuracy
 
     folder = mnist_pipeline.WEIGHTS_DIR / "judge"
-    if folder not in _judges:
-        if not (folder / "config.json").is_file():
-            return ""
-        _judges[folder] = mnist_pipeline.load_mnist_model(folder).net
-    accuracy = judge_accuracy(_judges[folder], images.detach().float().cpu().clamp(0, 1), labels.cpu())
+    if not (folder / "config.json").is_file():
+        return ""
+    accuracy = judge_accuracy(_judge(folder), images.detach().float().cpu().clamp(0, 1), labels.cpu())
     return f"judge: {accuracy:.0%} correct"
-
-
-def save_sampling_gif(ctx: LessonContext, name: str, states: Sequence[torch.Tensor], nrow: int = 10,
-                      scale: int = 2, max_frames: int = 16, value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
-    """A GIF of a sampler's states x_t (each (B, C, H, W)), from noise to the last, as a grid.
-
-    Images are enlarged `scale` times (nearest) to be seen; at most max_frames + 1 evenly
-    spaced states are kept (noise frames are large in a GIF), always the first and last.
-    """
-    keep = sorted({round(i * (len(states) - 1) / max_frames) for i in range(max_frames + 1)})
-    frames = [torch.nn.functional.interpolate(states[i].detach().float().cpu(), scale_factor=scale, mode="nearest")
-              for i in keep]
-    return ctx.save_gif(name, frames, nrow=nrow, value_range=value_range, duration_ms=max(80, 2000 // len(frames)))

@@ -41,6 +41,9 @@ __all__ = [
     "training_set",
     "heldout_set",
     "load_image",
+    "sample_photo",
+    "sample_digits_real",
+    "sketch",
     "to_uint8",
     "make_grid",
     "save_grid",
@@ -382,3 +385,56 @@ def save_gif(
     durations = [duration_ms] * (len(pil) - 1) + [max(duration_ms, hold_last_ms)]
     pil[0].save(path, save_all=True, append_images=pil[1:], duration=durations, loop=0)
     return path
+
+
+# ----------------------------------------------------------------------------------------
+# Test images that ship with minidiff
+# ----------------------------------------------------------------------------------------
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _asset(name: str) -> Path:
+    path = ASSETS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}: this installation of minidiff is incomplete; reinstall it")
+    return path
+
+
+def sample_photo(size: int = 64) -> torch.Tensor:
+    """The default test photo, (1, 3, size, size) in [-1, 1]: Grace Hopper, from matplotlib's sample data."""
+    import matplotlib.cbook
+
+    return load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), size=size)
+
+
+def sample_digits_real() -> tuple[torch.Tensor, torch.Tensor]:
+    """40 real MNIST test digits that ship with minidiff: images (N, 1, 28, 28) in [0, 1], labels (N,)."""
+    with np.load(_asset("mnist_t10k_sample.npz")) as f:
+        images = torch.from_numpy(f["images"]).float().div(255).unsqueeze(1)
+        labels = torch.from_numpy(f["labels"]).long()
+    return images, labels
+
+
+def sketch(kind: str = "house", size: int = 64) -> torch.Tensor:
+    """A hand-drawn-looking sketch, (1, 3, size, size) in [-1, 1], from the strokes in assets/sketch_strokes.json.
+
+    kind: "house" (a house under a sun, black on white, for IF) or a digit "0".."9" (white
+    on black, like MNIST). Drawn on a 256 x 256 canvas, then resized with antialiasing.
+    """
+    import json
+
+    from PIL import Image, ImageDraw
+
+    sketches = json.loads(_asset("sketch_strokes.json").read_text(encoding="utf-8"))
+    if kind not in sketches or kind.startswith("_"):
+        names = [k for k in sketches if not k.startswith("_")]
+        raise ValueError(f"unknown sketch {kind!r}: use one of {', '.join(names)}")
+    drawing = sketches[kind]
+    img = Image.new("RGB", (256, 256), drawing["paper"])
+    pen = ImageDraw.Draw(img)
+    for stroke in drawing["strokes"]:
+        pen.line([tuple(p) for p in stroke], fill=drawing["ink"], width=drawing["width"], joint="curve")
+    img = img.resize((size, size), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    return (x * 2 - 1).unsqueeze(0)

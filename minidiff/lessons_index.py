@@ -141,20 +141,18 @@ def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = No
         raise ValueError(f"--guidance must be a finite number, got {given['guidance']}")
 
 
-def run_lesson(info: LessonInfo, out: Path, quick: bool = False, seed: int = 0, device: str = "cpu",
-               model: str = "auto", progress: bool = True, image: str | None = None,
-               guidance: float | None = None, train: bool = False, run=None) -> list[Path]:
+def run_lesson(info: LessonInfo, out: Path, run=None, **options) -> list[Path]:
     """Run one lesson; its figures go to out/<id>/. Returns the files it wrote.
 
-    An option the lesson does not read (see ``LessonInfo.options``) is an error. ``run``: the
-    lesson's run(ctx) when its script is already running (``python lessons/<script>.py``).
+    options: the LessonContext fields (quick, seed, device, model, progress, image, guidance,
+    train, said). An option the lesson does not read (see ``LessonInfo.options``) is an error.
+    ``run``: the lesson's run(ctx) when its script is already running (``python lessons/<script>.py``).
     """
     from minidiff.course import LessonContext
     from minidiff.paths import output_dir
 
-    check_options([info], image=image, guidance=guidance, train=train, model=model)
-    ctx = LessonContext(out=output_dir(Path(out) / info.id), quick=quick, seed=seed, device=device, model=model,
-                        progress=progress, image=image, guidance=guidance, train=train)
+    check_options([info], **{k: options.get(k) for k in _FLAGS})
+    ctx = LessonContext(out=output_dir(Path(out) / info.id), **options)
     (run or load_lesson(info).run)(ctx)
     return list(ctx.written)
 
@@ -186,17 +184,17 @@ def cli_lesson(args) -> int:
         for name, value in given.items():
             if value not in (None, False, "auto"):
                 print(f"{_FLAGS[name]} goes to {', '.join(i.id for i in chosen if name in i.options)}")
+    said: set[str] = set()  # a note (e.g. "IF weights not found") is said once per run, not per lesson
     t0 = time.perf_counter()
     bar = tqdm(chosen, desc="lessons", disable=len(chosen) == 1, unit="lesson")
     for info in bar:
         bar.set_postfix_str(info.id)
         start = time.perf_counter()
         # with 'all', each lesson gets only the options it reads
-        mine = {k: (v if k in info.options else None) for k, v in given.items()}
-        written = run_lesson(info, Path(args.out), args.quick, args.seed, args.device,
+        mine = {k: v for k, v in given.items() if k in info.options}
+        written = run_lesson(info, Path(args.out), quick=args.quick, seed=args.seed, device=args.device,
                              progress=len(chosen) == 1,  # one bar for 'all': the lessons' own stay quiet
-                             model=mine["model"] or "auto", image=mine["image"], guidance=mine["guidance"],
-                             train=bool(mine["train"]))
+                             said=said, **mine)
         tqdm.write(f"{info.id} {info.title}: {len(written)} files in {time.perf_counter() - start:.1f} s")
         for path in written:
             tqdm.write(f"    {path}")
