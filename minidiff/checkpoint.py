@@ -1,9 +1,9 @@
 """Reading model files safely: the one check every minidiff loader runs before trusting a file.
 
 Both loaders, the DeepFloyd IF UNet (``IFUNet.from_pretrained``) and the MNIST models
-(``minidiff.train.load_checkpoint``), read a ``config.json`` and a ``.safetensors`` file and
-fill a freshly built network with it. Whatever can be wrong with such a folder is caught
-here, with the file named and a few lines saying what is wrong:
+(``load_checkpoint``, behind ``load_mnist_model``), read a ``config.json`` and a
+``.safetensors`` file and fill a freshly built network with it. Whatever can be wrong with
+such a folder is caught here, with the file named and a few lines saying what is wrong:
 
 - config.json that is not JSON, not a JSON object, or lacks a key the loader needs;
 - a .safetensors file that is truncated or is not safetensors at all;

@@ -1,11 +1,12 @@
 """DeepFloyd IF stage 1 as a minidiff model, and text-to-64x64 sampling with it.
 
 ``IFDenoiser`` wraps the UNet into the model signature every guidance rule and sampler of
-minidiff speaks, ``model(x_t, t, cond) -> output``, with cond the T5 prompt embeddings
-(B, 77, 4096). The UNet may hold fp16 or bf16 weights (the released checkpoints are fp16)
-while the sampling state x_t stays float32: the adapter casts on the way in and out, so
-the schedule arithmetic (sqrt(ab_t), the variance interpolation) never runs in half
-precision.
+minidiff speaks, ``model(x_t, t, cond) -> output``, the condition being the T5 prompt
+embeddings ``prompt_embeds`` (B, 77, 4096), which the UNet reads as its
+``encoder_hidden_states``. The UNet may hold fp16 or bf16 weights (the released
+checkpoints are fp16) while the sampling state x_t stays float32: the adapter casts on the
+way in and out, so the schedule arithmetic (sqrt(ab_t), the variance interpolation) never
+runs in half precision.
 
 ``if_stage1`` is the course's sampling loop (strided DDPM from t = 990, stride 30, CFG with
 scale 7, the null prompt "" as the unconditional branch):
@@ -33,7 +34,7 @@ GUIDANCE_SCALE = 7.0  # the course's classifier-free guidance scale for IF stage
 
 
 class IFDenoiser:
-    """The IF UNet as ``model(x_t, t, cond)``: x_t (B, 3, H, W), t (B,), cond (B, 77, D_text).
+    """The IF UNet as ``model(x_t, t, prompt_embeds)``: x_t (B, 3, H, W), t (B,), prompt_embeds (B, 77, D).
 
     Inputs are cast to the UNet's dtype and device, the output (B, 6, H, W) back to x_t's
     dtype and device, so fp16 weights serve a float32 sampling state.
@@ -51,10 +52,10 @@ class IFDenoiser:
         return next(self.unet.parameters()).device
 
     @torch.no_grad()
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
         dtype, device = self.dtype, self.device
         t = torch.as_tensor(t, device=device)
-        out = self.unet(x_t.to(device=device, dtype=dtype), t, cond.to(device=device, dtype=dtype))
+        out = self.unet(x_t.to(device=device, dtype=dtype), t, prompt_embeds.to(device=device, dtype=dtype))
         return out.to(device=x_t.device, dtype=x_t.dtype)
 
 
@@ -63,6 +64,20 @@ def _as_batch(embeds: torch.Tensor, name: str) -> torch.Tensor:
         shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
         raise ValueError(f"{name} must be T5 embeddings (B, 77, D) or (77, D), got {shape}")
     return embeds if embeds.ndim == 3 else embeds[None]
+
+
+def _check_embeds(prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as batches, (B, 77, D) and (1 or B, 77, D); ValueError unless they match."""
+    prompt_embeds = _as_batch(prompt_embeds, "prompt_embeds")
+    negative_embeds = _as_batch(negative_embeds, "negative_embeds")
+    batch, n_tokens, dim = prompt_embeds.shape
+    if negative_embeds.shape[1:] != prompt_embeds.shape[1:] or negative_embeds.shape[0] not in (1, batch):
+        raise ValueError(
+            f"negative_embeds must be (1 or {batch}, {n_tokens}, {dim}) like prompt_embeds "
+            f"{tuple(prompt_embeds.shape)}, got {tuple(negative_embeds.shape)}; "
+            "embed the empty prompt \"\" with the same T5"
+        )
+    return prompt_embeds, negative_embeds
 
 
 @torch.no_grad()
@@ -91,14 +106,8 @@ def if_stage1(
     # Every argument is checked here, before the first (slow) UNet call.
     if not isinstance(unet, torch.nn.Module):
         raise ValueError(f"unet must be an IFUNet (torch.nn.Module), got {type(unet).__name__}")
-    cond = _as_batch(prompt_embeds, "prompt_embeds")
-    uncond = _as_batch(negative_embeds, "negative_embeds")
-    batch = cond.shape[0]
-    if uncond.shape[1:] != cond.shape[1:] or uncond.shape[0] not in (1, batch):
-        raise ValueError(
-            f"negative_embeds must be (1 or {batch}, {cond.shape[1]}, {cond.shape[2]}) like prompt_embeds "
-            f"{tuple(cond.shape)}, got {tuple(uncond.shape)}; embed the empty prompt \"\" with the same T5"
-        )
+    prompt_embeds, negative_embeds = _check_embeds(prompt_embeds, negative_embeds)
+    batch = prompt_embeds.shape[0]
     guidance_scale = real_number(guidance_scale, "guidance_scale")
     check_generator(generator)
     schedule = schedule if schedule is not None else DDPMSchedule.deepfloyd()
@@ -118,6 +127,6 @@ def if_stage1(
         if x_T.shape[0] != batch:
             raise ValueError(f"x_T has batch {x_T.shape[0]} but there are {batch} prompt embeddings")
     x = x_T.float()
-    den = cfg(IFDenoiser(unet), cond.float(), uncond.float(), guidance_scale)
+    den = cfg(IFDenoiser(unet), prompt_embeds.float(), negative_embeds.float(), guidance_scale)
     x = iterative_denoise(den, x, schedule, timesteps, generator=generator, callback=callback, progress=progress)
     return x.clamp(-1.0, 1.0)

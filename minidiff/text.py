@@ -240,45 +240,46 @@ def prompt_embeddings(
     cache: str | os.PathLike | None = None,
     t5: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
-    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(B, 77, D) embeddings of the prompts: from ``extra`` or the cache, else encoded with T5.
+    """(B, 77, D) embeddings of the prompts: from the cache, else encoded with T5.
 
     T5 is loaded only when a prompt is missing, and new embeddings are added to the cache.
     """
     prompts = _check_prompts(prompts)
-    known = dict(load_embedding_cache(cache))
-    if extra:
-        known.update(extra)
-    missing = [p for p in dict.fromkeys(prompts) if p not in known]
+    known = load_embedding_cache(cache)
+    missing = _missing(prompts, known)
     if missing:
         tokenizer, encoder = load_t5(t5 or DEFAULT_T5, device=device)
-        new = encode_prompts(missing, tokenizer, encoder)
-        fresh = {p: e for p, e in zip(missing, new)}
+        fresh = dict(zip(missing, encode_prompts(missing, tokenizer, encoder)))
         save_embedding_cache(fresh, cache)
         known.update(fresh)
     embeds = [known[p] for p in prompts]
     for p, e in zip(prompts, embeds):
-        if not isinstance(e, torch.Tensor) or e.shape != embeds[0].shape:
+        if e.shape != embeds[0].shape:
             raise ValueError(
-                f"the embedding of {p!r} has shape {tuple(getattr(e, 'shape', ()))} but that of {prompts[0]!r} "
+                f"the embedding of {p!r} has shape {tuple(e.shape)} but that of {prompts[0]!r} "
                 f"{tuple(embeds[0].shape)}; all must come from the same T5 (re-embed them together)"
             )
     return torch.stack(embeds)
 
 
+def _missing(prompts: Sequence[str], known: Mapping[str, torch.Tensor]) -> list[str]:
+    """The distinct prompts without an embedding in ``known``, in order."""
+    return [p for p in dict.fromkeys(prompts) if p not in known]
+
+
 def cli_embed(args: argparse.Namespace) -> int:
-    """`minidiff embed PROMPT... [--t5 DIR_OR_ID] [--cache FILE] [--device DEV]`."""
+    """`minidiff embed PROMPT... [--t5 DIR_OR_ID] [--cache FILE] [--device DEV]`.
+
+    ``prompt_embeddings`` of the prompts, saying which were new and which already cached.
+    """
     cache = Path(args.cache) if args.cache else default_cache_path()
     prompts = _check_prompts(args.prompts)
-    have = load_embedding_cache(cache)
-    todo = [p for p in dict.fromkeys(prompts) if p not in have]
-    if todo:
-        print(f"encoding {len(todo)} prompt(s) with T5 ({args.t5 or DEFAULT_T5}) ...")
-        tokenizer, encoder = load_t5(args.t5 or DEFAULT_T5, device=args.device)
-        embeds = encode_prompts(todo, tokenizer, encoder)
-        save_embedding_cache(dict(zip(todo, embeds)), cache)
+    new = _missing(prompts, load_embedding_cache(cache))
+    if new:
+        print(f"encoding {len(new)} prompt(s) with T5 ({args.t5 or DEFAULT_T5}) ...")
+    prompt_embeddings(prompts, cache=cache, t5=args.t5, device=args.device)
     for p in prompts:
-        print(f"{'new   ' if p in todo else 'cached'} {p!r}")
+        print(f"{'new   ' if p in new else 'cached'} {p!r}")
     print(f"{len(load_embedding_cache(cache))} prompt(s) in {cache}")
     return 0

@@ -148,4 +148,4 @@ def test_from_pretrained_with_a_repo_id_downloads_then_loads(monkeypatch, tmp_pa
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     unet = IFUNet.from_pretrained("DeepFloyd/IF-I-XL-v1.0")
-    assert unet.config["block_out_channels"] == [8, 16, 16, 24]
+    assert unet.config.block_out_channels == (8, 16, 16, 24)

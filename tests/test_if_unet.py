@@ -16,7 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from minidiff.models.if_unet import IFUNet, find_weights_file, timestep_embedding
+from minidiff.models.if_blocks import AttentionPooling, FoldedAttentionPooling, timestep_embedding
+from minidiff.models.if_config import IFUNetConfig
+from minidiff.models.if_loading import find_weights_file
+from minidiff.models.if_unet import IFUNet
 
 TINY = Path(__file__).parent / "fixtures" / "if_tiny"
 TIMESTEPS = [0, 1, 250, 500, 999]
@@ -164,6 +167,18 @@ def test_unsupported_config_is_rejected():
         IFUNet.from_config({**config, "class_embed_type": "timestep"})
     with pytest.raises(ValueError, match="block_out_channels"):
         IFUNet.from_config({k: v for k, v in config.items() if k != "block_out_channels"})
+    with pytest.raises(ValueError, match="encoder_hid_dim"):
+        IFUNet.from_config({**config, "encoder_hid_dim": None})
+    with pytest.raises(ValueError, match="layers_per_block has 2 entries"):
+        IFUNet.from_config({**config, "layers_per_block": [1, 2]})
+
+
+def test_config_reads_per_level_values_and_ignores_entries_that_do_not_change_the_network():
+    config = json.loads((TINY / "config.json").read_text())
+    c = IFUNetConfig.from_dict(config)
+    assert c.layers_per_block == (1, 1, 1, 1) and c.attention_head_dim == (8, 8, 8, 8)
+    assert c.text_dim == config["encoder_hid_dim"] and c.emb_dim == 4 * config["block_out_channels"][0]
+    assert IFUNetConfig.from_dict({**config, "sample_size": 999, "dropout": 0.1}) == c
 
 
 def test_bad_inputs_are_rejected(unet, io):
@@ -184,3 +199,19 @@ def test_timestep_embedding_cos_sin_pairs_have_unit_norm(t, dim):
     assert emb.shape == (1, dim)
     assert torch.allclose(emb[0, :half] ** 2 + emb[0, half:] ** 2, torch.ones(half), atol=1e-5)
     assert torch.allclose(emb[0, 0], torch.cos(torch.tensor(t)), atol=1e-4)  # frequency 1 comes first
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_folded_attention_pooling_equals_the_plain_formula(seed):
+    """The network's folded pooling (W_k^T q, then W_v after the weighted sum) == softmax(q K^T / sqrt(d)) V.
+
+    Equal up to float32 rounding (both take the softmax in float32, as IF does).
+    """
+    torch.manual_seed(seed)
+    plain, folded = AttentionPooling(num_heads=4, dim=32), FoldedAttentionPooling(num_heads=4, dim=32)
+    for p in plain.parameters():  # random biases too: the folding must cancel b_k and carry b_v exactly
+        torch.nn.init.normal_(p, std=0.5)
+    folded.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), plain(x), rtol=1e-5, atol=1e-5)
