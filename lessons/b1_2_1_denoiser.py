@@ -13,18 +13,19 @@ here instead (the loss title and the console say how long it took).
 
 import torch
 
-from minidiff.course import (LessonContext, judge_says, part_b_run, run_config, run_epochs, sample_digits_real,
-                             save_loss_curve, trained_how)
+from minidiff.course import LessonContext, judge_says, part_b_run, save_loss
+from minidiff.data import sample_digits_real
 from minidiff.metrics import psnr
 from minidiff.mnist_pipeline import load_mnist_model
+from minidiff.run_folder import read_run_config, run_epochs
 
 OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "denoiser")
-    sigma = run_config(run_dir)["sigma"]
-    save_loss_curve(ctx, "loss.png", run_dir, f"denoiser, sigma = {sigma:g}: {trained_how(run_dir)}")
+    sigma = read_run_config(run_dir)["sigma"]
+    save_loss(ctx, run_dir, f"denoiser, sigma = {sigma:g}")
 
     x, labels = sample_digits_real()  # 40 held-out test digits, 4 of each class
     z = x + sigma * torch.randn(x.shape, generator=ctx.generator(0))
@@ -42,6 +43,6 @@ def run(ctx: LessonContext) -> None:
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

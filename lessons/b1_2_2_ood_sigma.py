@@ -14,9 +14,11 @@ Part B 2 take the noise level (the time t) as an input.
 import matplotlib
 import torch
 
-from minidiff.course import LessonContext, judge_says, part_b_run, run_config, sample_digits_real
+from minidiff.course import LessonContext, judge_says, part_b_run
+from minidiff.data import sample_digits_real
 from minidiff.metrics import psnr
 from minidiff.mnist_pipeline import load_mnist_model
+from minidiff.run_folder import read_run_config
 
 OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
@@ -24,7 +26,7 @@ SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "denoiser")
-    sigma_train = run_config(run_dir)["sigma"]
+    sigma_train = read_run_config(run_dir)["sigma"]
     denoiser = load_mnist_model(run_dir, device=ctx.device)
     x, labels = sample_digits_real()  # 40 held-out test digits
     eps = torch.randn(x.shape, generator=ctx.generator(0))  # one noise draw, scaled for each sigma
@@ -67,6 +69,6 @@ def run(ctx: LessonContext) -> None:
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

@@ -21,9 +21,10 @@ test digits in quick mode and where no MNIST data is found.
 import torch
 
 from minidiff import mnist_pipeline
-from minidiff.course import LessonContext, run_config, sample_digits_real, save_loss_curve, trained_how
-from minidiff.data import find_mnist_dir, training_set
+from minidiff.course import LessonContext
+from minidiff.data import find_mnist_dir, sample_digits_real, training_set
 from minidiff.mnist_pipeline import load_mnist_model
+from minidiff.run_folder import plot_loss, read_run_config, trained_how
 from minidiff.train import recipe_config, train
 
 
@@ -51,9 +52,9 @@ def run(ctx: LessonContext) -> None:
         train(cfg, run_dir, data=(x, y), device=ctx.device, progress=ctx.progress, overwrite=True)
     mean_digit = x.mean(dim=0)
     variance = float(((x - mean_digit) ** 2).mean())  # the least loss any D can reach
-    save_loss_curve(ctx, "loss.png", run_dir,
-                    f"D(eps) -> x on {run_config(run_dir)['train_images']} digits: {trained_how(run_dir)}\n"
-                    f"least possible loss: the digits' variance, {variance:.4f}")
+    plot_loss(run_dir, ctx.path("loss.png"),
+              f"D(eps) -> x on {read_run_config(run_dir)['train_images']} digits: {trained_how(run_dir)}\n"
+              f"least possible loss: the digits' variance, {variance:.4f}")
 
     model = load_mnist_model(run_dir, device=ctx.device)
     n = 3 if ctx.quick else 6
@@ -68,6 +69,6 @@ def run(ctx: LessonContext) -> None:
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

@@ -30,6 +30,6 @@ def run(ctx: LessonContext) -> None:
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

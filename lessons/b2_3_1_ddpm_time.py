@@ -20,8 +20,8 @@ its training batches whose class was dropped. ``--train`` trains the real time-o
 import torch
 
 from minidiff import mnist_pipeline
-from minidiff.course import LessonContext, part_b_run, run_epochs, save_loss_curve, trained_how
-from minidiff.mnist_pipeline import ddpm_timesteps, load_mnist_model
+from minidiff.course import LessonContext, part_b_run, save_epoch_rows, save_loss
+from minidiff.mnist_pipeline import ddpm_timesteps
 from minidiff.samplers import iterative_denoise
 
 OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
@@ -31,28 +31,25 @@ def run(ctx: LessonContext) -> None:
     time_only = ctx.train or (mnist_pipeline.WEIGHTS_DIR / "ddpm-time" / "config.json").is_file()
     run_dir = part_b_run(ctx, "ddpm-time" if time_only else "ddpm-class")
     what = "time-conditioned DDPM" if time_only else "class-conditioned DDPM, class dropped (zero vector)"
-    save_loss_curve(ctx, "loss.png", run_dir, f"{what}: {trained_how(run_dir)}")
+    save_loss(ctx, run_dir, what)
 
     n, steps = (10, 3) if ctx.quick else (20, 30)
     noise = torch.randn(n, 1, 28, 28, generator=ctx.generator(0))  # the same noise for every epoch
-    rows, row_labels = [], []
-    for epoch, folder in run_epochs(run_dir).items():
-        model = load_mnist_model(folder, device=ctx.device)
+
+    def sample(model):
         timesteps = ddpm_timesteps(model.config["T"], steps)  # 299, ..., 0, then -1: a last step to x0_hat
 
         def den(x_t, t):
             return model(x_t, t, model.uncond(x_t.shape[0]))  # a time-only model ignores the condition
 
-        x = iterative_denoise(den, noise.to(ctx.device), model.schedule, timesteps, generator=ctx.generator(1),
-                              progress=ctx.progress).cpu()
-        for i in range(0, n, 10):  # rows of 10
-            rows.append(list(x[i : i + 10]))
-            row_labels.append(f"epoch {epoch}" if i == 0 else "")
-    ctx.save_rows("samples_by_epoch.png", rows, None, row_labels, value_range=(0.0, 1.0), cell=1.2,
-                  suptitle=f"{what}: {steps} of {model.config['T']} steps, same noise in each column")
+        return iterative_denoise(den, noise.to(ctx.device), model.schedule, timesteps, generator=ctx.generator(1),
+                                 progress=ctx.progress)
+
+    save_epoch_rows(ctx, "samples_by_epoch.png", run_dir, sample, rows_per_epoch=n // 10,
+                    suptitle=f"{what}: {steps} strided steps, same noise in each column")
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

@@ -16,8 +16,8 @@ training loss, and samples from the same noise after the epochs the run kept sna
 
 import torch
 
-from minidiff.course import LessonContext, part_b_run, run_epochs, save_loss_curve, trained_how
-from minidiff.mnist_pipeline import flow_time_grid, load_mnist_model
+from minidiff.course import LessonContext, part_b_run, save_epoch_rows, save_loss
+from minidiff.mnist_pipeline import flow_time_grid
 from minidiff.samplers import flow_heun
 
 OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
@@ -25,23 +25,20 @@ OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lesso
 
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "flow-time")
-    save_loss_curve(ctx, "loss.png", run_dir, f"time-conditioned flow matching: {trained_how(run_dir)}")
+    save_loss(ctx, run_dir, "time-conditioned flow matching")
 
     n, steps = (10, 2) if ctx.quick else (20, 8)
     timesteps = flow_time_grid(steps)  # 0, 1/8, ..., 1: Heun makes 2 * 8 - 1 = 15 network calls
     noise = torch.randn(n, 1, 28, 28, generator=ctx.generator(0))  # the same noise for every epoch
-    rows, row_labels = [], []
-    for epoch, folder in run_epochs(run_dir).items():
-        model = load_mnist_model(folder, device=ctx.device)  # model(x_t, t): a denoiser already
-        x = flow_heun(model, noise.to(ctx.device), model.schedule, timesteps, progress=ctx.progress).cpu()
-        for i in range(0, n, 10):  # rows of 10
-            rows.append(list(x[i : i + 10]))
-            row_labels.append(f"epoch {epoch}" if i == 0 else "")
-    ctx.save_rows("samples_by_epoch.png", rows, None, row_labels, value_range=(0.0, 1.0), cell=1.2,
-                  suptitle=f"flow matching, time-conditioned: Heun, {steps} steps, same noise in each column")
+
+    def sample(model):  # model(x_t, t): a time-only model is a denoiser already
+        return flow_heun(model, noise.to(ctx.device), model.schedule, timesteps, progress=ctx.progress)
+
+    save_epoch_rows(ctx, "samples_by_epoch.png", run_dir, sample, rows_per_epoch=n // 10,
+                    suptitle=f"flow matching, time-conditioned: Heun, {steps} steps, same noise in each column")
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

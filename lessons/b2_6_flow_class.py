@@ -15,10 +15,9 @@ digits (t = 1). Titles say how many samples the judge classifier reads as their 
 
 import torch
 
-from minidiff.course import (LessonContext, judge_says, part_b_run, run_epochs, save_loss_curve,
-                             trained_how)
+from minidiff.course import LessonContext, judge_says, part_b_run, save_class_grid, save_epoch_rows, save_loss
 from minidiff.guidance import cfg
-from minidiff.mnist_pipeline import GUIDANCE, class_vectors, flow_time_grid, load_mnist_model
+from minidiff.mnist_pipeline import GUIDANCE, class_vectors, flow_time_grid
 from minidiff.samplers import flow_heun
 
 OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
@@ -27,40 +26,27 @@ OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see min
 def run(ctx: LessonContext) -> None:
     guidance = GUIDANCE if ctx.guidance is None else ctx.guidance  # --guidance, or the shipped models' scale
     run_dir = part_b_run(ctx, "flow-class")
-    save_loss_curve(ctx, "loss.png", run_dir, f"class-conditioned flow matching: {trained_how(run_dir)}")
+    save_loss(ctx, run_dir, "class-conditioned flow matching")
 
     per_class, steps = (1, 2) if ctx.quick else (4, 8)
     timesteps = flow_time_grid(steps)
     labels = torch.arange(10).repeat(per_class)  # 0..9, 0..9, ...: one row of the grid per repeat
     noise = torch.randn(labels.shape[0], 1, 28, 28, generator=ctx.generator(0))
 
-    def sample(model, scale: float, n: int | None = None, frames: bool = False):
+    def sample(model, scale: float = guidance, n: int | None = None, frames: bool = False):
         y = labels[:n]
         den = cfg(model, class_vectors(y, ctx.device), model.uncond(1), scale)
         return flow_heun(den, noise[: y.shape[0]].to(ctx.device), model.schedule, timesteps,
                          progress=ctx.progress, return_intermediates=frames)
 
-    rows, row_labels = [], []
-    for epoch, folder in run_epochs(run_dir).items():
-        model = load_mnist_model(folder, device=ctx.device)
-        x, path = sample(model, guidance, frames=True)
-        rows.append(list(x[:10].cpu()))
-        row_labels.append(f"epoch {epoch}\n{judge_says(x, labels)}")
-    digit_titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]]
-    ctx.save_rows("samples_by_epoch.png", rows, digit_titles, row_labels, value_range=(0.0, 1.0), cell=1.5,
-                  suptitle=f"guidance {guidance:g}, Heun {steps} steps, same noise in each column "
-                           f"(judge over {labels.shape[0]} samples)")
+    model, x = save_epoch_rows(ctx, "samples_by_epoch.png", run_dir, sample, labels=labels,
+                               suptitle=f"guidance {guidance:g}, Heun {steps} steps, same noise in each column "
+                                        f"(judge over {labels.shape[0]} samples)")
+    save_class_grid(ctx, "cfg_grid.png", x, labels, f"final model, guidance {guidance:g}")
+    ctx.save_sampling_gif("sampling.gif", sample(model, frames=True)[1])
 
-    # The last epoch's samples (model, x, path are the final model's): the grid and the GIF.
-    grid = x.cpu().view(per_class, 10, 1, 28, 28)
-    grid_titles = [digit_titles[0]] + [[]] * (per_class - 1)
-    ctx.save_rows("cfg_grid.png", [list(r) for r in grid], grid_titles, None, value_range=(0.0, 1.0), cell=1.0,
-                  suptitle=f"epoch {epoch}, guidance {guidance:g}: {judge_says(x, labels)}")
-    ctx.save_sampling_gif("sampling.gif", path)
-
-    scales = sorted({1.0, guidance}) if ctx.quick else sorted({0.0, 1.0, 3.0, guidance})
     rows, row_labels = [], []
-    for scale in scales:
+    for scale in (sorted({1.0, guidance}) if ctx.quick else sorted({0.0, 1.0, 3.0, guidance})):
         x = sample(model, scale, n=10).cpu()
         rows.append(list(x))
         name = "scale 0 (no class)" if scale == 0 else f"scale {scale:g}"
@@ -70,6 +56,6 @@ def run(ctx: LessonContext) -> None:
 
 
 if __name__ == "__main__":
-    from minidiff.course import main
+    from minidiff.lessons_index import main
 
     main(run, __doc__)

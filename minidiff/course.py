@@ -11,7 +11,7 @@ DDPMSchedule, so the lesson's code is the same for both; only the pictures diffe
     cond = a.cond("a high quality photo", digit=3)
     den = cfg(a.model, cond, a.uncond(), a.guidance_scale)
     x = iterative_denoise(den, x_T, a.schedule, a.timesteps)
-    ctx.save_row("samples.png", [x], ["sample"], a)
+    ctx.save_rows("samples.png", [[x]], [["sample"]], value_range=a.value_range)
 
 IF is found through $MINIDIFF_IF_UNET (a folder with config.json and the safetensors
 file) or the Hugging Face cache after ``minidiff fetch if-i-xl``; prompt embeddings come
@@ -21,12 +21,10 @@ from the cache that ``minidiff embed`` fills (or T5, if it is on this machine).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from minidiff.data import sample_digits_real, sample_photo  # the lessons' test images
@@ -36,11 +34,14 @@ __all__ = [
     "LessonContext",
     "PartA",
     "part_a",
-    "find_if_unet",
     "IF_PROMPTS",
     "I_STARTS",
     "sdedit_levels",
-    "main",
+    "part_b_run",
+    "save_loss",
+    "save_epoch_rows",
+    "save_class_grid",
+    "judge_says",
 ]
 
 # The course's prompts, and the digit that stands in for each on the MNIST path.
@@ -232,29 +233,6 @@ class PartA:
         return ((x + 1) / 2 * (hi - lo) + lo).to(self.device)
 
 
-def find_if_unet() -> Path | None:
-    """A local IF stage-1 UNet folder: $MINIDIFF_IF_UNET, else the hub cache (no download)."""
-    env = os.environ.get("MINIDIFF_IF_UNET")
-    if env:
-        folder = Path(env).expanduser()
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"MINIDIFF_IF_UNET={env} holds no config.json; point it at IF's unet/ folder")
-        return folder
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        from minidiff.hub import REPOS
-
-        for repo in REPOS.values():
-            cfg = try_to_load_from_cache(repo, "unet/config.json")
-            weights = try_to_load_from_cache(repo, "unet/diffusion_pytorch_model.fp16.safetensors")
-            if isinstance(cfg, str) and isinstance(weights, str):
-                return Path(cfg).parent
-    except Exception:  # an unreadable cache is the same as no cache here
-        return None
-    return None
-
-
 _IF_HOWTO = (
     "DeepFloyd IF weights not found, so this lesson runs the same technique on the shipped "
     "MNIST class-conditional model (digits play the prompts). For IF: accept the licence at "
@@ -310,6 +288,8 @@ def part_a(ctx: LessonContext) -> PartA:
     """
     a = None
     if ctx.model in ("auto", "if"):
+        from minidiff.hub import find_if_unet
+
         folder = find_if_unet()
         if folder is not None:
             a = _if_backend(ctx, folder)
@@ -347,31 +327,6 @@ def sdedit_levels(ctx: LessonContext, a: PartA, image: torch.Tensor, den, i_star
     return row + [image], titles + ["original"]
 
 
-def main(run: Callable[[LessonContext], None], doc: str | None = None, argv: Sequence[str] | None = None) -> None:
-    """``python lessons/<script>.py --out DIR [...]``: the same run, options and folder (DIR/<id>) as
-    ``minidiff lesson <id> --out DIR [...]``."""
-    import argparse
-    import sys
-
-    from minidiff.cli import add_lesson_options, report_errors
-    from minidiff.lessons_index import lesson_info, run_lesson
-
-    info = lesson_info(Path(sys.modules[run.__module__].__file__))
-    p = argparse.ArgumentParser(prog=info.path.name, description=(doc or "").strip().splitlines()[0] if doc else None)
-    add_lesson_options(p)
-    args = p.parse_args(argv)
-
-    def go(args: argparse.Namespace) -> int:
-        for path in run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
-                               model=args.model, image=args.image, guidance=args.guidance, train=args.train):
-            print(path)
-        return 0
-
-    code = report_errors(f"lesson {info.id}", go, args)
-    if code:
-        raise SystemExit(code)
-
-
 # ----------------------------------------------------------------------------------------
 # Part B: training runs (shipped, or retrained with --train), loss curves, the judge
 # ----------------------------------------------------------------------------------------
@@ -398,6 +353,7 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
             )
         return folder
     from minidiff.data import training_set
+    from minidiff.run_folder import read_run_config, trained_how
     from minidiff.train import recipe_config, train
 
     x, y = training_set()
@@ -410,7 +366,7 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
     for earlier in sorted(ctx.out.parent.glob(f"*/train/{name}/config.json")):
         if earlier.parents[2] == ctx.out:
             continue  # this lesson's own run from before: --train means train again
-        done = run_config(earlier.parent)
+        done = read_run_config(earlier.parent)
         if all(done.get(k) == cfg[k] for k in ("recipe", "num_hiddens", "batch_size", "epochs", "seed")) and \
                 done.get("train_images") == x.shape[0] and done.get("epochs_done") == cfg["epochs"]:
             ctx.say(f"using {name} as retrained by lesson {earlier.parents[2].name} ({trained_how(earlier.parent)})")
@@ -423,71 +379,52 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
     return folder
 
 
-def run_config(folder: Path) -> dict:
-    import json
+def save_loss(ctx: LessonContext, run_dir: Path, what: str, name: str = "loss.png") -> Path:
+    """The run's training loss curve, titled "<what>: <how it was trained>"."""
+    from minidiff.run_folder import plot_loss, trained_how
 
-    with open(Path(folder) / "config.json") as f:
-        return json.load(f)
-
-
-def run_epochs(folder: Path) -> dict[int, Path]:
-    """{epoch: checkpoint folder} of a run: each snapshots/epoch_NNN, and the final model at its last epoch."""
-    found = {}
-    for snap in sorted((Path(folder) / "snapshots").glob("epoch_*")):
-        if (snap / "config.json").is_file():
-            found[int(snap.name.split("_")[1])] = snap
-    cfg = run_config(folder)
-    found[round(cfg.get("epochs_done", cfg["epochs"]))] = Path(folder)
-    return dict(sorted(found.items()))
+    return plot_loss(run_dir, ctx.path(name), f"{what}: {trained_how(run_dir)}")
 
 
-def trained_how(folder: Path) -> str:
-    """'D = 32, 10 epochs, 2030 steps of 64, 14.2 min': what a run's config says about its training."""
-    cfg = run_config(folder)
-    text = f"{cfg.get('epochs_done', cfg['epochs']):g} epochs, {cfg.get('steps', 0)} steps of {cfg['batch_size']}"
-    if cfg.get("num_hiddens"):
-        text = f"D = {cfg['num_hiddens']}, " + text
-    if cfg.get("wall_s"):
-        wall = float(cfg["wall_s"])
-        text += f", {wall / 60:.1f} min" if wall >= 120 else f", {wall:.0f} s"
-    return text
+def save_epoch_rows(
+    ctx: LessonContext,
+    name: str,
+    run_dir: Path,
+    sample: Callable[[Any], torch.Tensor],
+    rows_per_epoch: int = 1,
+    labels: torch.Tensor | None = None,
+    suptitle: str | None = None,
+) -> tuple[Any, torch.Tensor]:
+    """Samples of every saved epoch of a run: ``rows_per_epoch`` rows of 10 digits for each epoch.
+
+    sample(model) -> (B, 1, 28, 28) in [0, 1], from the same noise for every epoch so that a
+    column shows one starting point as training goes on. With ``labels`` (B,), each row label
+    adds what the judge reads over all B samples. Returns the last epoch's (model, samples).
+    """
+    from minidiff.mnist_pipeline import load_mnist_model
+    from minidiff.run_folder import run_epochs
+
+    rows, row_labels = [], []
+    for epoch, folder in run_epochs(run_dir).items():
+        model = load_mnist_model(folder, device=ctx.device)
+        x = sample(model).cpu()
+        for r in range(rows_per_epoch):
+            rows.append(list(x[10 * r : 10 * (r + 1)]))
+            label = f"epoch {epoch}" if r == 0 else ""
+            row_labels.append(f"{label}\n{judge_says(x, labels)}" if labels is not None and r == 0 else label)
+    titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]] if labels is not None else None
+    ctx.save_rows(name, rows, titles, row_labels, value_range=(0.0, 1.0), cell=1.5 if labels is not None else 1.2,
+                  suptitle=suptitle)
+    return model, x
 
 
-def save_loss_curve(ctx: LessonContext, name: str, folder: Path, title: str) -> Path:
-    """A run's training loss (folder/loss.csv) against epochs, on a log scale, with a running mean."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    log_file = Path(folder) / "loss.csv"
-    if not log_file.is_file():
-        raise FileNotFoundError(f"{log_file} not found: the run's loss log ships with its weights")
-    with open(log_file) as f:
-        rows = list(csv.DictReader(f))
-    steps_per_epoch = run_config(folder).get("steps_per_epoch") or max(1, len(rows))
-    epoch = np.array([int(r["step"]) for r in rows]) / steps_per_epoch
-    loss = np.array([float(r["loss"]) for r in rows])
-    window = max(1, len(loss) // 50)
-    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epoch, loss, lw=0.5, alpha=0.4 if window > 1 else 1.0, label="loss per step")
-    if window > 1:
-        ax.plot(epoch[window - 1 :], smooth, lw=1.5, label=f"mean of {window} steps")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (MSE)")
-    if len(title) > 60:  # "what: how it was trained" outgrows one line of a 6-inch figure
-        title = title.replace(": ", "\n", 1)
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    path = ctx.path(name)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def save_class_grid(ctx: LessonContext, name: str, x: torch.Tensor, labels: torch.Tensor, title: str) -> Path:
+    """Digits sampled as classes 0..9, 0..9, ... ((10 k, 1, 28, 28), labels (10 k,)) as k rows of 10,
+    titled with what the judge reads."""
+    grid = x.cpu().view(-1, 10, *x.shape[1:])
+    titles = [[str(d) for d in range(10)]] + [[] for _ in grid[1:]]
+    return ctx.save_rows(name, [list(row) for row in grid], titles, None, value_range=(0.0, 1.0), cell=1.0,
+                         suptitle=f"{title}: {judge_says(x, labels)}")
 
 
 @functools.cache

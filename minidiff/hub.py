@@ -25,6 +25,7 @@ __all__ = [
     "download_unet",
     "download_t5",
     "cli_fetch",
+    "find_if_unet",
 ]
 
 REPOS = {
@@ -142,3 +143,24 @@ def cli_fetch(args: argparse.Namespace) -> int:
         print(f"fetching the T5-XXL encoder and tokenizer of {T5_REPO} (fp16, about 9.5 GB) ...")
         print(f"T5 ready: {download_t5(T5_REPO, args.cache_dir)}")
     return 0
+
+
+def find_if_unet() -> Path | None:
+    """A local IF stage-1 UNet folder: $MINIDIFF_IF_UNET, else the hub cache (no download)."""
+    env = os.environ.get("MINIDIFF_IF_UNET")
+    if env:
+        folder = Path(env).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"MINIDIFF_IF_UNET={env} holds no config.json; point it at IF's unet/ folder")
+        return folder
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for repo in REPOS.values():
+            cfg = try_to_load_from_cache(repo, "unet/config.json")
+            weights = try_to_load_from_cache(repo, "unet/diffusion_pytorch_model.fp16.safetensors")
+            if isinstance(cfg, str) and isinstance(weights, str):
+                return Path(cfg).parent
+    except Exception:  # an unreadable cache is the same as no cache here
+        return None
+    return None

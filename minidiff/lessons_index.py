@@ -26,7 +26,7 @@ from types import ModuleType
 
 from minidiff.paths import lessons_dir
 
-__all__ = ["LessonInfo", "lessons_dir", "list_lessons", "find_lesson", "load_lesson", "check_options", "run_lesson"]
+__all__ = ["LessonInfo", "lessons_dir", "list_lessons", "find_lesson", "load_lesson", "check_options", "run_lesson", "main"]
 
 _NAME = re.compile(r"^([ab])((?:_?\d+)+)_([a-z0-9_]+)\.py$")
 
@@ -155,6 +155,30 @@ def run_lesson(info: LessonInfo, out: Path, run=None, **options) -> list[Path]:
     ctx = LessonContext(out=output_dir(Path(out) / info.id), **options)
     (run or load_lesson(info).run)(ctx)
     return list(ctx.written)
+
+
+def main(run, doc: str | None = None, argv: list[str] | None = None) -> None:
+    """``python lessons/<script>.py --out DIR [...]``: the same run, options and folder (DIR/<id>) as
+    ``minidiff lesson <id> --out DIR [...]``."""
+    import argparse
+    import sys
+
+    from minidiff.cli import add_lesson_options, report_errors
+
+    info = lesson_info(Path(sys.modules[run.__module__].__file__))
+    p = argparse.ArgumentParser(prog=info.path.name, description=(doc or "").strip().splitlines()[0] if doc else None)
+    add_lesson_options(p)
+    args = p.parse_args(argv)
+
+    def go(args: argparse.Namespace) -> int:
+        for path in run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
+                               model=args.model, image=args.image, guidance=args.guidance, train=args.train):
+            print(path)
+        return 0
+
+    code = report_errors(f"lesson {info.id}", go, args)
+    if code:
+        raise SystemExit(code)
 
 
 def cli_lessons(args) -> int:
