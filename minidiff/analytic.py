@@ -33,33 +33,11 @@ from typing import Callable
 import torch
 
 from minidiff.checks import integer, real_number
-from minidiff.schedule import DDPMSchedule, FlowSchedule, check_schedule
+from minidiff.schedule import FlowSchedule, Schedule, check_schedule
 
 __all__ = ["finite_data_model", "finite_data_denoiser", "gaussian_denoiser", "posterior_weights"]
 
-Schedule = DDPMSchedule | FlowSchedule
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _is_flow(schedule: Schedule) -> bool:
-    return getattr(schedule, "num_timesteps", None) is None
-
-
-def _signal_and_noise(schedule: Schedule, t: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a_t, b_t) with x_t = a_t * data + b_t * noise, as (B,) float64 tensors."""
-    t = torch.as_tensor(t).reshape(-1).expand(batch)
-    if _is_flow(schedule):
-        tt = t.to(torch.float64)
-        if not bool(((tt >= 0) & (tt <= 1)).all()):  # written so that NaN fails too
-            raise ValueError(f"flow-matching t must lie in [0, 1], got {tt.tolist()}")
-        return tt, 1 - tt
-    if t.is_floating_point() and not bool((t == t.round()).all()):
-        raise ValueError(f"DDPM t must hold integer timesteps, got {t.tolist()}")
-    idx = t.long()
-    if bool(((idx < 0) | (idx >= schedule.num_timesteps)).any()):
-        raise ValueError(f"DDPM t must lie in [0, {schedule.num_timesteps - 1}], got {idx.tolist()}")
-    ab = schedule.alphas_cumprod.to(torch.float64)[idx.cpu()]
-    return ab.sqrt(), (1 - ab).sqrt()
 
 
 def posterior_weights(
@@ -112,7 +90,8 @@ def finite_data_model(
         if x_t.shape[1:] != data.shape[1:]:
             raise ValueError(f"x_t has shape {tuple(x_t.shape)} but the data points are {tuple(data.shape[1:])}")
         batch = x_t.shape[0]
-        a, b = _signal_and_noise(schedule, t, batch)
+        x = x_t.cpu().to(torch.float64)
+        a, b = schedule.signal_and_noise(t, x)  # x_t = a data + b noise; (B, 1, ..., 1) or 0-d
         if cond is None:
             cond = torch.zeros(batch, k)
         if not isinstance(cond, torch.Tensor) or cond.shape != (batch, k):
@@ -121,11 +100,9 @@ def finite_data_model(
         cond = cond.to(torch.float64).cpu()
         prior = cond @ one_hot.T  # (B, N): weight of each member under each row's condition
         prior = torch.where(cond.sum(1, keepdim=True) > 0, prior, torch.ones_like(prior))
-        w = posterior_weights(x_t.cpu(), data, a, b, prior.log())
+        w = posterior_weights(x, data, a.reshape(-1).expand(batch), b.reshape(-1).expand(batch), prior.log())
         x_data = (w @ data.reshape(data.shape[0], -1).to(torch.float64)).reshape(x_t.shape)
-        a, b = a.reshape(-1, *[1] * (x_t.ndim - 1)), b.reshape(-1, *[1] * (x_t.ndim - 1))
-        x = x_t.cpu().to(torch.float64)
-        if _is_flow(schedule):
+        if isinstance(schedule, FlowSchedule):
             out = (x_data - x) / b.clamp(min=1e-6)  # v = (x1_hat - x_t) / (1 - t)
         else:
             out = (x - a * x_data) / b  # eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)
@@ -155,12 +132,10 @@ def gaussian_denoiser(mean: float, std: float, schedule: Schedule) -> Denoiser:
     check_schedule(schedule)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a, b = _signal_and_noise(schedule, t, x_t.shape[0])
-        a, b = a.reshape(-1, *[1] * (x_t.ndim - 1)), b.reshape(-1, *[1] * (x_t.ndim - 1))
-        a, b = a.to(x_t.device), b.to(x_t.device)
         x = x_t.to(torch.float64)
+        a, b = schedule.signal_and_noise(t, x)  # x_t = a data + b noise
         var = a**2 * std**2 + b**2
-        if _is_flow(schedule):
+        if isinstance(schedule, FlowSchedule):
             tt = a
             out = mean + (tt * std**2 - (1 - tt)) / var * (x - tt * mean)
         else:

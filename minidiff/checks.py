@@ -13,7 +13,9 @@ import numbers
 
 import torch
 
-__all__ = ["real_number", "integer", "finite_tensor", "image_batch"]
+__all__ = [
+    "real_number", "integer", "finite_tensor", "image_batch", "batch_tensor", "same_shape", "timestep_tensor"
+]
 
 
 def real_number(value: object, name: str, *, positive: bool = False, nonnegative: bool = False) -> float:
@@ -71,3 +73,39 @@ def image_batch(x: object, name: str, *, channels: int | None = None, floating: 
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     return x
+
+
+def batch_tensor(x: object, name: str) -> torch.Tensor:
+    """x if it is a tensor with a batch dimension (B, ...), else ValueError."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
+    return x
+
+
+def same_shape(a: object, b: object, name_a: str, name_b: str) -> None:
+    """ValueError unless a and b are tensors of the same shape."""
+    for x, name in ((a, name_a), (b, name_b)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def timestep_tensor(t: object, batch: int, name: str) -> torch.Tensor:
+    """t (a number, a 0-d or a (batch,) tensor) as a 0-d or (batch,) real tensor, else ValueError."""
+    if isinstance(t, torch.Tensor):
+        tt = t
+    else:
+        try:
+            tt = torch.tensor(t)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} must be a number or a tensor, got {t!r}") from err
+    if tt.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a (B,) tensor, got shape {tuple(tt.shape)}")
+    if tt.ndim == 1 and tt.shape[0] != batch:
+        raise ValueError(f"{name} has {tt.shape[0]} entries but the batch has {batch} samples")
+    if tt.is_complex() or tt.dtype == torch.bool:
+        raise ValueError(f"{name} must be a real number or tensor of them, got dtype {tt.dtype}")
+    return tt

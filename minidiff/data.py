@@ -205,7 +205,7 @@ def load_mnist(
     if not download:
         raise FileNotFoundError(f"no MNIST folder found; set ${MNIST_ENV} or pass root=")
     if split == "train5k":
-        raise FileNotFoundError("train5k exists only as IDX files; set ${MNIST_ENV} to their folder")
+        raise FileNotFoundError(f"train5k exists only as IDX files; set ${MNIST_ENV} to their folder")
     return _download("train" if split == "train" else "test")
 
 

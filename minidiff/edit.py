@@ -3,34 +3,35 @@
     sdedit          image-to-image translation (Meng et al., SDEdit; course 1.7): noise an
                     image part of the way, then denoise; the less noise, the closer the result
     image_to_image  the same with a conditional model and a (new) prompt (course 1.7.3)
-    inpaint         regenerate only where mask == 1 (course 1.7.2, after RePaint by
-                    Lugmayr et al.): after every step the known pixels are reset to the
-                    original, noised to the current time
+    inpaint         regenerate only where mask == 1 (course 1.7.2; RePaint, Lugmayr et al.,
+                    2022): after every step the known pixels are reset to the original,
+                    noised to the current time; resample_steps > 1 adds RePaint's resampling
 
 Every edit takes a denoiser den(x_t, t) (see minidiff.guidance for making one from a
-conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, and
-returns the edited image, or (image, intermediates) with return_intermediates=True.
+conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, runs the
+loop of minidiff.samplers, and returns the edited image, or (image, intermediates) with
+return_intermediates=True. Past the arguments every edit needs, options are keywords.
 Images are (B, C, H, W). Pass ``value_range`` (e.g. (-1, 1) for IF, (0, 1) for the MNIST
 models) and an image outside the model's range is refused instead of edited into noise.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from minidiff.checks import real_number
+from minidiff.checks import integer, real_number
 from minidiff.guidance import Model, cfg
 from minidiff.samplers import (
     Callback,
     Denoiser,
-    Schedule,
+    Result,
+    Timesteps,
     check_loop_args,
     iterative_denoise,
-    progress_bar,
     run_denoiser,
+    sample_loop,
 )
+from minidiff.schedule import Schedule
 
 __all__ = ["sdedit", "image_to_image", "inpaint", "check_mask"]
 
@@ -57,17 +58,10 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 @torch.no_grad()
 def sdedit(
-    den: Denoiser,
-    image: torch.Tensor,
-    schedule: Schedule,
-    timesteps: Sequence[float] | torch.Tensor,
-    i_start: int,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    return_intermediates: bool = False,
-    value_range: tuple[float, float] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    den: Denoiser, image: torch.Tensor, schedule: Schedule, timesteps: Timesteps, i_start: int,
+    generator: torch.Generator | None = None, *, callback: Callback | None = None, progress: bool = True,
+    return_intermediates: bool = False, value_range: tuple[float, float] | None = None,
+) -> Result:
     """SDEdit (Meng et al., 2022; course 1.7): x = iterative_denoise(add_noise(image, eps, t), ...)
 
         x_t = schedule.add_noise(image, eps, timesteps[i_start]),  eps ~ N(0, I)
@@ -89,11 +83,11 @@ def image_to_image(
     uncond: torch.Tensor,
     scale: float,
     schedule: Schedule,
-    timesteps: Sequence[float] | torch.Tensor,
+    timesteps: Timesteps,
     i_start: int,
     generator: torch.Generator | None = None,
     **kwargs,
-) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+) -> Result:
     """Text-conditional image-to-image translation (course 1.7.3): SDEdit guided towards cond.
 
     sdedit(cfg(model, cond, uncond, scale), image, ...); kwargs go to sdedit (callback,
@@ -131,19 +125,12 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint(
-    den: Denoiser,
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    schedule: Schedule,
-    timesteps: Sequence[float] | torch.Tensor,
-    generator: torch.Generator | None = None,
-    i_start: int = 0,
-    callback: Callback | None = None,
-    progress: bool = True,
-    return_intermediates: bool = False,
+    den: Denoiser, image: torch.Tensor, mask: torch.Tensor, schedule: Schedule, timesteps: Timesteps,
+    generator: torch.Generator | None = None, *, i_start: int = 0, resample_steps: int = 1,
+    callback: Callback | None = None, progress: bool = True, return_intermediates: bool = False,
     value_range: tuple[float, float] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Inpainting (course 1.7.2; RePaint, Lugmayr et al., 2022, without resampling).
+) -> Result:
+    """Inpainting (course 1.7.2; RePaint, Lugmayr et al., 2022).
 
     mask == 1 marks pixels to regenerate, mask == 0 pixels to keep. Starting from
     x = add_noise(image, eps, timesteps[i_start]) (pure noise at i_start = 0), every step is
@@ -152,23 +139,31 @@ def inpaint(
         x_{t'} <- m * x_{t'} + (1 - m) * add_noise(image, eps', t')       (fresh eps')
 
     so the known pixels always carry the right amount of noise and the model fills the hole
-    to match them. The returned image is m * x + (1 - m) * image: the kept pixels are the
-    original's exactly (add_noise at the last DDPM step t = 0 still adds a trace of noise).
+    to match them. After the last step the kept pixels are the original's exactly.
+
+    resample_steps = u > 1 is RePaint's resampling (Alg. 1, jump length one stride): u - 1
+    times per step, jump back with the forward transition, x_t = schedule.renoise(x_{t'}, t, t'),
+    and take the step again, so that the hole and the known pixels have u model calls to
+    agree. Like RePaint, the last step is taken once. u = 1 (the default) is the course's
+    plain replacement.
     """
     ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
     _check_value_range(image, value_range)
     m = check_mask(mask, image)
+    resample_steps = integer(resample_steps, "resample_steps", minimum=1)
+
+    def paste(x: torch.Tensor, t_prev: float) -> torch.Tensor:
+        """The known pixels of the image at t_prev (the image itself at the end) into x."""
+        known = image if t_prev == ts[-1] else schedule.add_noise(image, _noise_like(image, generator), t_prev)
+        return m * x + (1 - m) * known
+
+    def update(x_t: torch.Tensor, model_output: torch.Tensor, t: float, t_prev: float) -> torch.Tensor:
+        for u in range(resample_steps if t_prev != ts[-1] else 1):
+            if u > 0:  # jump back to t and take the step again
+                x_t = schedule.renoise(x_prev, t, t_prev, generator=generator)
+                model_output = run_denoiser(den, x_t, schedule, t)
+            x_prev = paste(schedule.step(x_t, model_output, t, t_prev, generator=generator), t_prev)
+        return x_prev
+
     x = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
-    intermediates = [x]
-    for i in progress_bar(range(i_start, len(ts) - 1), progress, "inpainting"):
-        t, t_next = ts[i], ts[i + 1]
-        model_output = run_denoiser(den, x, schedule, t)
-        if callback is not None:
-            callback(i, t, x, schedule.predict_data(x, model_output, t))
-        x = schedule.step(x, model_output, t, t_next, generator=generator)
-        if t_next >= 0:  # (a final t' = -1 means the clean image, which the paste below gives)
-            x = m * x + (1 - m) * schedule.add_noise(image, _noise_like(image, generator), t_next)
-        intermediates.append(x)
-    x = m * x + (1 - m) * image
-    intermediates[-1] = x
-    return (x, intermediates) if return_intermediates else x
+    return sample_loop(den, x, schedule, ts, i_start, update, callback, progress, return_intermediates, "inpainting")

@@ -26,6 +26,7 @@ import torch
 
 from minidiff.checks import image_batch, real_number
 from minidiff.filters import check_kernel, high_pass, low_pass
+from minidiff.schedule import split_output
 from minidiff.views import View, get_view
 
 __all__ = ["Model", "cfg", "guided_outputs", "anagram", "factorized", "hybrid", "hybrid_bands", "frequency_bands"]
@@ -74,21 +75,6 @@ def _expand_cond(cond: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch {cond.shape[0]} but x_t has batch {batch}: give 1 or {batch} conditions")
 
 
-def _split_variance(output: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(prediction, variance values or None) of a C- or 2C-channel model output for x_t (B, C, H, W)."""
-    channels = x_t.shape[1]
-    if output.ndim != 4 or output.shape[1] not in (channels, 2 * channels) or output.shape[2:] != x_t.shape[2:]:
-        raise ValueError(
-            f"the model returned shape {tuple(output.shape)} per batch of x_t {tuple(x_t.shape)}; expected "
-            f"{channels} channels (eps or velocity) or {2 * channels} (eps + learned-range variance) "
-            f"and the image size {tuple(x_t.shape[2:])}"
-        )
-    if output.shape[1] == channels:
-        return output, None
-    pred, var = output.split(channels, dim=1)
-    return pred, var
-
-
 def _join(pred: torch.Tensor, var: torch.Tensor | None) -> torch.Tensor:
     return pred if var is None else torch.cat([pred, var], dim=1)
 
@@ -116,7 +102,7 @@ def guided_outputs(
     if not isinstance(out, torch.Tensor) or out.shape[0] != n * batch:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"the model must return a (B, ...) tensor for a batch of {n * batch}, got {got}")
-    chunks = [_split_variance(o, x_t) for o in out.chunk(n)]
+    chunks = [split_output(x_t, o) for o in out.chunk(n)]
     pred_u, _ = chunks[-1]
     return [(pred_u + scale * (pred_c - pred_u), var_c) for pred_c, var_c in chunks[:-1]]
 

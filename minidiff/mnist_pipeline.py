@@ -19,7 +19,6 @@ samplers and guidance rules drive it exactly as they drive DeepFloyd IF::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -29,9 +28,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from minidiff.models.mnist import class_vector
-from minidiff.schedule import DDPMSchedule, FlowSchedule
+from minidiff.models.mnist import class_vector, unet_time
 from minidiff.paths import shipped_dir
+from minidiff.recipes import schedule_of
+from minidiff.run_folder import load_checkpoint
+from minidiff.schedule import DDPMSchedule, FlowSchedule
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -76,14 +77,7 @@ class MNISTModel:
         self.net = net.eval()
         self.config = config
         self.kind = config["kind"]
-        if self.kind == "ddpm":
-            self.schedule: DDPMSchedule | FlowSchedule | None = DDPMSchedule.linear(
-                config["T"], config["beta_start"], config["beta_end"]
-            )
-        elif self.kind == "flow":
-            self.schedule = FlowSchedule()
-        else:
-            self.schedule = None
+        self.schedule: DDPMSchedule | FlowSchedule | None = schedule_of(config)
         self.conditional = config["arch"] == "class"
 
     @property
@@ -100,11 +94,7 @@ class MNISTModel:
             return self.net(x_t)
         if t is None:
             raise ValueError(f"a {self.kind} model needs a timestep t")
-        t = torch.as_tensor(t, device=x_t.device)
-        if self.kind == "ddpm":
-            t = t.float() / self.config["T"]
-        else:
-            t = t.float()
+        t = unet_time(torch.as_tensor(t, device=x_t.device), self.schedule)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         if not self.conditional:
@@ -116,8 +106,6 @@ class MNISTModel:
 
 def load_mnist_model(name_or_dir: str | os.PathLike = "flow-class", device: str | torch.device = "cpu") -> MNISTModel:
     """A shipped model by name (weights/mnist/<name>) or any checkpoint folder, wrapped as an MNISTModel."""
-    from minidiff.train import load_checkpoint
-
     net, config = load_checkpoint(_resolve(name_or_dir), device=device)
     return MNISTModel(net, config)
 

@@ -70,10 +70,6 @@ def test_class_dropout_zeroes_whole_rows_at_the_stated_rate():
     assert abs(rate - 0.1) < 0.01  # binomial std is 0.002 at n = 20000
     assert torch.equal(M.drop_class(c, 0.0, g), c)
     assert float(M.drop_class(c, 1.0, g).abs().sum()) == 0.0
-    net = M.ClassConditionalUNet(num_hiddens=D)
-    assert net.p_uncond == 0.1
-    rate_net = float((net.drop_class(torch.arange(20000) % 10, g).sum(1) == 0).float().mean())
-    assert abs(rate_net - 0.1) < 0.01
     with pytest.raises(ValueError):
         M.drop_class(c, 1.5)
 

@@ -11,7 +11,8 @@ import torch
 from minidiff import mnist_pipeline as P
 from minidiff.cli import main
 from minidiff.metrics import judge_accuracy
-from minidiff.train import build_from_config, recipe_config, save_checkpoint
+from minidiff.recipes import build_from_config, recipe_config
+from minidiff.run_folder import save_checkpoint
 
 
 class Recorder(torch.nn.Module):

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from minidiff import data
+from minidiff.betas import cosine_betas, dynamic_threshold, linear_betas
 from minidiff.analytic import finite_data_model, gaussian_denoiser
 from minidiff.edit import check_mask, image_to_image, inpaint, sdedit
 from minidiff.filters import gaussian_blur, gaussian_kernel, high_pass, low_pass
@@ -26,16 +27,8 @@ from minidiff.if_pipeline import if_stage1
 from minidiff.metrics import MNISTJudge, frechet_distance, judge_accuracy, psnr
 from minidiff.models.if_unet import IFUNet
 from minidiff.models.mnist import ClassConditionalUNet, TimeConditionalUNet, class_vector
-from minidiff.samplers import ddim, ddim_step, flow_euler, flow_heun, iterative_denoise, one_step_denoise, sample
-from minidiff.schedule import (
-    DDPMSchedule,
-    FlowSchedule,
-    cosine_betas,
-    dynamic_threshold,
-    linear_betas,
-    strided_timesteps,
-    timestep_index,
-)
+from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise, one_step_denoise
+from minidiff.schedule import DDPMSchedule, FlowSchedule, strided_timesteps
 from minidiff.text import encode_prompts, load_embedding_cache, prompt_embeddings
 from minidiff.views import get_view
 
@@ -125,7 +118,6 @@ CASES = [
     ("strided-start-negative", lambda tmp: strided_timesteps(-5, 30), ValueError, r">= 0", "start"),
     ("strided-start-float", lambda tmp: strided_timesteps(990.5, 30), ValueError, r"int", "start"),
     ("strided-end-above-start", lambda tmp: strided_timesteps(10, 3, end=20), ValueError, r"end <= start", "end"),
-    ("timestep-index-missing", lambda tmp: timestep_index([], 5), ValueError, r"empty", "timestep"),
     # -- samplers --------------------------------------------------------------------------
     ("timesteps-empty", lambda tmp: iterative_denoise(den, X, IF, [], progress=False), ValueError, r"two entries",
      "timesteps"),
@@ -185,26 +177,16 @@ CASES = [
      r"needs a FlowSchedule", "flow_heun"),
     ("ddim-eta-negative", lambda tmp: ddim(den, X, IF, TS, eta=-0.1, progress=False), ValueError, r">= 0", "eta"),
     ("ddim-eta-nan", lambda tmp: ddim(den, X, IF, TS, eta=NAN, progress=False), ValueError, r"finite", "eta"),
-    ("ddim-step-t-prev", lambda tmp: ddim_step(IF, X, X, 500, 1000), ValueError, r"t_prev < t", "t_prev"),
-    ("ddim-step-flow", lambda tmp: ddim_step(FLOW, X, X, 0.5, 0.25), ValueError, r"DDPMSchedule", "ddim_step"),
-    ("sample-unknown-option", lambda tmp: sample(den, (1, 1, 8, 8), IF, TS, eta=0.5, progress=False), ValueError,
-     r"takes no argument eta", "method 'ddpm'"),
-    ("sample-method-unknown", lambda tmp: sample(den, (1, 1, 8, 8), IF, TS, method="dpm++", progress=False),
-     ValueError, r"ddpm, ddim, euler, heun", "method"),
-    ("sample-ddpm-with-flow", lambda tmp: sample(den, (1, 1, 8, 8), FLOW, FTS, method="ddpm", progress=False),
-     ValueError, r"euler, heun", "method"),
-    ("sample-euler-with-ddpm", lambda tmp: sample(den, (1, 1, 8, 8), IF, TS, method="euler", progress=False),
-     ValueError, r"ddpm, ddim", "method"),
-    ("sample-shape-rank", lambda tmp: sample(den, (8,), IF, TS, progress=False), ValueError, r"\(B, C, H, W\)",
-     "shape"),
-    ("sample-shape-zero", lambda tmp: sample(den, (1, 0, 8, 8), IF, TS, progress=False), ValueError, r">= 1",
-     "shape[1]"),
-    ("sample-shape-float", lambda tmp: sample(den, (1, 1, 8.5, 8), IF, TS, progress=False), ValueError, r"int",
-     "shape[2]"),
-    ("sample-dtype-int", lambda tmp: sample(den, (1, 1, 8, 8), IF, TS, dtype=torch.long, progress=False),
-     ValueError, r"floating-point", "dtype"),
-    ("sample-generator-seed", lambda tmp: sample(den, (1, 1, 8, 8), IF, TS, generator=42, progress=False),
-     ValueError, r"torch.Generator", "generator"),
+    ("ddim-step-t-prev", lambda tmp: IF.ddim_step(X, X, 500, 1000), ValueError, r"out of range.*the clean image",
+     "t_prev"),
+    ("ddim-step-t-prev-not-smaller", lambda tmp: IF.ddim_step(X, X, 500, 600), ValueError, r"smaller than t",
+     "t_prev"),
+    ("ddim-step-eta-negative", lambda tmp: IF.ddim_step(X, X, 500, 400, eta=-1.0), ValueError, r">= 0", "eta"),
+    ("ddim-flow-ddpm-timesteps", lambda tmp: ddim(den, X, FLOW, TS, progress=False), ValueError,
+     r"needs a DDPMSchedule", "DDIM"),
+    ("renoise-t-prev-not-smaller", lambda tmp: IF.renoise(X, 400, 500), ValueError, r"smaller than t", "t_prev"),
+    ("renoise-flow-backwards", lambda tmp: FLOW.renoise(X, 0.5, 0.25), ValueError, r"larger than t", "t_prev"),
+    ("renoise-noise-shape", lambda tmp: IF.renoise(X, 500, 400, noise=X[:1]), ValueError, r"same shape", "noise"),
     # -- guidance --------------------------------------------------------------------------
     ("cfg-scale-nan", lambda tmp: cfg(model, C, U, NAN), ValueError, r"finite", "scale"),
     ("cfg-scale-inf", lambda tmp: cfg(model, C, U, INF), ValueError, r"finite", "scale"),
@@ -263,6 +245,10 @@ CASES = [
     ("inpaint-mask-list", lambda tmp: inpaint(den, X, [[1]], IF, TS, progress=False), ValueError, r"tensor", "mask"),
     ("inpaint-i-start", lambda tmp: inpaint(den, X, torch.ones(8, 8), IF, TS, i_start=-1, progress=False),
      ValueError, r"got -1", "i_start"),
+    ("inpaint-resample-zero", lambda tmp: inpaint(den, X, torch.ones(8, 8), IF, TS, resample_steps=0, progress=False),
+     ValueError, r">= 1, got 0", "resample_steps"),
+    ("inpaint-resample-float", lambda tmp: inpaint(den, X, torch.ones(8, 8), IF, TS, resample_steps=2.5,
+                                                   progress=False), ValueError, r"int", "resample_steps"),
     ("inpaint-image-integer", lambda tmp: inpaint(den, X.long(), torch.ones(8, 8), IF, TS, progress=False),
      ValueError, r"float", "image"),
     # -- views -----------------------------------------------------------------------------

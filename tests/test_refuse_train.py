@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minidiff import mnist_pipeline as P
+from minidiff import recipes as R
+from minidiff import run_folder as RF
 from minidiff import train as T
 from minidiff.cli import build_parser, main
 from minidiff.data import write_idx
@@ -34,7 +36,7 @@ def random_digits(n: int = N, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 def tiny_cfg(recipe: str = "flow-time", **kw) -> dict:
     """What `minidiff train <recipe> --epochs 1 --batch-size 32 --hidden 4` builds."""
-    return T.recipe_config(recipe, **{"epochs": 1.0, "batch_size": BATCH, "num_hiddens": 4, **kw})
+    return R.recipe_config(recipe, **{"epochs": 1.0, "batch_size": BATCH, "num_hiddens": 4, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,7 @@ def _poison(state: dict) -> None:
 
 
 def _nan_model():
-    model = T.build_from_config(tiny_cfg())
+    model = R.build_from_config(tiny_cfg())
     with torch.no_grad():
         next(model.parameters())[0] = float("inf")
     return model
@@ -151,7 +153,7 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
      r"64 images, batch size 65; lower --batch-size to at most 64"),
     ("hidden-0", lambda c: c.cli("--hidden", "0"), ValueError, r"num_hiddens \(--hidden\) must be an int >= 1"),
     ("hidden-negative", lambda c: c.cli("--hidden", "-4"), ValueError, r"num_hiddens \(--hidden\) must be an int >= 1"),
-    ("judge-width-0", lambda c: T.recipe_config("judge", width=0), ValueError, r"width \(--hidden\) must be an int >= 1"),
+    ("judge-width-0", lambda c: R.recipe_config("judge", width=0), ValueError, r"width \(--hidden\) must be an int >= 1"),
     ("seed-negative", lambda c: c.cli("--seed", "-1"), ValueError, r"seed \(--seed\) must be an int >= 0"),
     ("seed-huge", lambda c: c.cli("--seed", str(2**40)), ValueError, r"seed \(--seed\) must be below 2\*\*32"),
     ("save-every-0", lambda c: c.cli("--save-every", "0"), ValueError, r"save_every \(--save-every\) must be an int >= 1"),
@@ -201,17 +203,17 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
      r"cfg lacks lr; build it with recipe_config\('flow-time'"),
     ("cfg-arch-of-other-kind", lambda c: c.train(cfg={**tiny_cfg(), "arch": "unconditional"}), ValueError,
      r"arch must be time or class for kind 'flow', got 'unconditional'"),
-    ("recipe-unknown", lambda c: T.recipe_config("gan"), ValueError, r"unknown recipe 'gan'; choose one of: denoiser"),
-    ("recipe-typo-setting", lambda c: T.recipe_config("denoiser", epoch=3), ValueError,
+    ("recipe-unknown", lambda c: R.recipe_config("gan"), ValueError, r"unknown recipe 'gan'; choose one of: denoiser"),
+    ("recipe-typo-setting", lambda c: R.recipe_config("denoiser", epoch=3), ValueError,
      r"recipe 'denoiser' has no setting epoch; its settings are .*epochs"),
-    ("recipe-override-kind", lambda c: T.recipe_config("flow-time", kind="ddpm"), ValueError, r"kind is set by the recipe"),
-    ("recipe-p-uncond", lambda c: T.recipe_config("flow-class", p_uncond=1.5), ValueError, r"p_uncond is a probability"),
-    ("recipe-beta-end", lambda c: T.recipe_config("ddpm-time", beta_end=1.0), ValueError,
+    ("recipe-override-kind", lambda c: R.recipe_config("flow-time", kind="ddpm"), ValueError, r"kind is set by the recipe"),
+    ("recipe-p-uncond", lambda c: R.recipe_config("flow-class", p_uncond=1.5), ValueError, r"p_uncond is a probability"),
+    ("recipe-beta-end", lambda c: R.recipe_config("ddpm-time", beta_end=1.0), ValueError,
      r"need 0 < beta_start <= beta_end < 1, got 0\.0001 and 1\.0"),
-    ("recipe-batch-float", lambda c: T.recipe_config("denoiser", batch_size=2.5), ValueError,
+    ("recipe-batch-float", lambda c: R.recipe_config("denoiser", batch_size=2.5), ValueError,
      r"batch_size \(--batch-size\) must be an int, got 2\.5"),
-    ("recipe-bool-flag", lambda c: T.recipe_config("denoiser", lr_decay="yes"), ValueError, r"lr_decay must be True or False"),
-    ("recipe-sigma", lambda c: T.recipe_config("denoiser", sigma=float("nan")), ValueError, r"sigma must be a finite"),
+    ("recipe-bool-flag", lambda c: R.recipe_config("denoiser", lr_decay="yes"), ValueError, r"lr_decay must be True or False"),
+    ("recipe-sigma", lambda c: R.recipe_config("denoiser", sigma=float("nan")), ValueError, r"sigma must be a finite"),
     # -- --resume ------------------------------------------------------------------------
     ("resume-other-data", _other_data, ValueError, r"--resume: the run in .* was trained on other data \(64 images"),
     ("resume-other-width", lambda c: c.cli("--resume", "--hidden", "8", out=c.run()), ValueError,
@@ -221,18 +223,18 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
     ("resume-truncated-weights", lambda c: c.cli("--resume", out=_truncate(c.run() / "model.safetensors")),
      ValueError, r"run/model\.safetensors is truncated"),
     # -- save_checkpoint -----------------------------------------------------------------
-    ("save-nan-model", lambda c: T.save_checkpoint(_nan_model(), tiny_cfg(), c.tmp / "ck"), ValueError,
+    ("save-nan-model", lambda c: RF.save_checkpoint(_nan_model(), tiny_cfg(), c.tmp / "ck"), ValueError,
      r"the model holds NaN or inf weights in 1 tensor\(s\): conv_in"),
-    ("save-cfg-not-json", lambda c: T.save_checkpoint(T.build_from_config(tiny_cfg()), {"x": torch.ones(1)}, c.tmp / "ck"),
+    ("save-cfg-not-json", lambda c: RF.save_checkpoint(R.build_from_config(tiny_cfg()), {"x": torch.ones(1)}, c.tmp / "ck"),
      ValueError, r"cfg must hold only JSON values"),
-    ("save-int-dtype", lambda c: T.save_checkpoint(T.build_from_config(tiny_cfg()), tiny_cfg(), c.tmp, dtype=torch.int8),
+    ("save-int-dtype", lambda c: RF.save_checkpoint(R.build_from_config(tiny_cfg()), tiny_cfg(), c.tmp, dtype=torch.int8),
      ValueError, r"dtype must be None or a float dtype"),
-    ("save-into-a-file", lambda c: T.save_checkpoint(T.build_from_config(tiny_cfg()), tiny_cfg(), _write(c.tmp / "f", "")),
+    ("save-into-a-file", lambda c: RF.save_checkpoint(R.build_from_config(tiny_cfg()), tiny_cfg(), _write(c.tmp / "f", "")),
      ValueError, r"checkpoint folder .*f is a file"),
     # -- load_checkpoint / load_mnist_model ----------------------------------------------
     ("load-no-config", lambda c: P.load_mnist_model((c.run() / "config.json").unlink() or c.run()), FileNotFoundError,
      r"run holds no config\.json: give a folder holding model\.safetensors and config\.json"),
-    ("load-no-weights", lambda c: T.load_checkpoint((c.run() / "model.safetensors").unlink() or c.run()),
+    ("load-no-weights", lambda c: RF.load_checkpoint((c.run() / "model.safetensors").unlink() or c.run()),
      FileNotFoundError, r"run/model\.safetensors not found"),
     ("load-config-not-json", lambda c: P.load_mnist_model(_write(c.run() / "config.json", "{'kind': ").parent),
      ValueError, r"run/config\.json is not valid JSON .*the checkpoint is damaged"),
@@ -259,7 +261,7 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
      r"run/model\.safetensors holds NaN or inf weights in 1 tensor\(s\): conv_out\.weight"),
     ("load-a-file", lambda c: P.load_mnist_model(c.run() / "config.json"), ValueError, r"config\.json is a file; give the folder"),
     ("load-not-a-path", lambda c: P.load_mnist_model(None), ValueError, r"give a shipped model name .* got None"),
-    ("load-device-unknown", lambda c: T.load_checkpoint(c.run(), device="gpu"), ValueError, r"unknown device 'gpu'"),
+    ("load-device-unknown", lambda c: RF.load_checkpoint(c.run(), device="gpu"), ValueError, r"unknown device 'gpu'"),
 ]
 
 
@@ -290,7 +292,7 @@ def test_an_earlier_run_is_kept_without_overwrite_and_replaced_with_it(tmp_path,
     assert not (run / "snapshots" / "epoch_009").exists()  # nothing of the old run is left to mix in
 
 
-_batch_loss = T._batch_loss  # the real one, for the diverging losses below
+_batch_loss = R.batch_loss  # the real one, for the diverging losses below
 
 
 def _nan_loss(cfg, model, *args):
@@ -309,14 +311,14 @@ def test_a_diverging_run_exits_non_zero_and_keeps_the_last_checkpoint(loss, tmp_
     run = tmp_path / "run"
     shutil.copytree(saved_run, run)
     before = _bytes(run)
-    monkeypatch.setattr(T, "_batch_loss", loss)
+    monkeypatch.setattr(T, "batch_loss", loss)  # the name the loop calls
     rc = main(["train", "flow-time", "--out", str(run), "--epochs", "1", "--batch-size", "32", "--hidden", "4",
                "--data", str(mnist_dir), "--resume", "--save-every", "1"])
     assert rc == 2
     last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar: the error, on one line
     assert last.startswith("minidiff train: error: training diverged") and "the checkpoint of step 1" in last
     assert _bytes(run) == before
-    model, cfg = T.load_checkpoint(run)
+    model, cfg = RF.load_checkpoint(run)
     assert cfg["steps"] == 1 and all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 

@@ -7,15 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidiff.schedule import (
-    DDPMSchedule,
-    FlowSchedule,
-    cosine_betas,
-    dynamic_threshold,
-    linear_betas,
-    strided_timesteps,
-    timestep_index,
-)
+from minidiff.betas import cosine_betas, dynamic_threshold, linear_betas
+from minidiff.schedule import DDPMSchedule, FlowSchedule, strided_timesteps
 
 IF = DDPMSchedule.deepfloyd()
 LIN = DDPMSchedule.linear(T=300)
@@ -181,19 +174,28 @@ def test_step_at_t_zero_adds_no_noise():
     assert not torch.allclose(with_z[1], without[1])
 
 
+def _step_variance(s, t, t_prev, v=None):
+    """sigma^2 of the step t -> t_prev, measured: with x_t = eps = 0, x(z = 1) - x(z = 0) == sigma.
+    v: learned-range values (B, 1, 1, 1) for a 2C output, None for the fixed variance."""
+    x_t = torch.zeros(1 if v is None else v.shape[0], 1, 1, 1)
+    out = x_t if v is None else torch.cat([x_t, v.float()], 1)
+    ones = torch.ones_like(x_t)
+    return (s.step(x_t, out, t, t_prev, noise=ones) - s.step(x_t, out, t, t_prev, noise=0 * ones)).flatten() ** 2
+
+
 @given(name=st.sampled_from(list(SCHEDULES)), data=st.data())
 def test_learned_range_variance_between_posterior_and_beta(name, data):
     """For v in [-1, 1]: beta~_t <= sigma^2(v) <= beta_t, = beta~_t at v = -1 and beta_t at v = +1."""
     s = SCHEDULES[name]
     t, t_prev = data.draw(_pair_of_timesteps(s.num_timesteps).filter(lambda p: p[0] > 0))
-    v = torch.tensor(data.draw(st.lists(st.floats(-1, 1), min_size=3, max_size=3))).view(3, 1)
+    v = torch.tensor(data.draw(st.lists(st.floats(-1, 1), min_size=3, max_size=3))).view(3, 1, 1, 1)
     _, _, _, beta, posterior = _step_coefficients(s, t, t_prev)
-    var = s.variance(t, t_prev, v).double()
+    var = _step_variance(s, t, t_prev, v).double()
     # float32 arithmetic: beta_t = 1 - ab_t / ab_t' loses about 1e-7 absolute to cancellation
     rel = 1e-5 + 2e-7 / beta.item()
     assert bool((var >= posterior.clamp(min=1e-20) * (1 - rel)).all())
     assert bool((var <= beta * (1 + rel)).all())
-    ends = s.variance(t, t_prev, torch.tensor([[-1.0], [1.0]])).double().flatten()
+    ends = _step_variance(s, t, t_prev, torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)).double()
     assert ends[0].item() == pytest.approx(max(posterior.item(), 1e-20), rel=rel)
     assert ends[1].item() == pytest.approx(beta.item(), rel=rel)
     assert bool((ends[0] <= var).all()) and bool((var <= ends[1]).all())  # exact in its own arithmetic
@@ -202,7 +204,7 @@ def test_learned_range_variance_between_posterior_and_beta(name, data):
 def test_fixed_variance_is_posterior_variance():
     """C-channel outputs use beta~_t = (1 - ab_t') / (1 - ab_t) beta_t."""
     _, _, _, _, posterior = _step_coefficients(IF, 990, 960)
-    assert IF.variance(990, 960).item() == pytest.approx(posterior.item(), rel=1e-5)
+    assert _step_variance(IF, 990, 960).item() == pytest.approx(posterior.item(), rel=1e-5)
 
 
 def test_step_noise_scale_is_sigma():
@@ -212,7 +214,8 @@ def test_step_noise_scale_is_sigma():
     out = torch.cat([eps, v], 1)
     z = _randn((1, 3, 4, 4), 2, torch.float32)
     diff = IF.step(x_t, out, 600, 570, noise=z) - IF.step(x_t, out, 600, 570, noise=torch.zeros_like(z))
-    sigma = IF.variance(600, 570, v).sqrt()
+    _, _, _, beta, posterior = _step_coefficients(IF, 600, 570)
+    sigma = (0.65 * beta.log() + 0.35 * posterior.log()).exp().sqrt().float()  # frac = (v + 1) / 2 = 0.65
     torch.testing.assert_close(diff, sigma * z, rtol=1e-5, atol=1e-6)
 
 
@@ -228,6 +231,52 @@ def test_step_keeps_half_precision_dtype():
     x_t = _randn((1, 3, 4, 4), 0, torch.float16)
     out = IF.step(x_t, torch.cat([x_t, x_t.clamp(-1, 1)], 1), 500, 470, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def _renoise_pair(name, data):
+    """(schedule, t, t_prev) of one step: t_prev < t for DDPM, t < t_prev for the flow."""
+    if name == "flow":
+        t_prev = data.draw(st.floats(0.01, 1.0))
+        return FlowSchedule(), data.draw(st.floats(0.0, t_prev * 0.99)), t_prev
+    s = SCHEDULES[name]
+    return (s, *data.draw(_pair_of_timesteps(s.num_timesteps).filter(lambda p: p[1] >= 0)))
+
+
+@given(name=st.sampled_from([*SCHEDULES, "flow"]), data=st.data())
+def test_renoise_is_the_forward_transition_back_to_t(name, data):
+    """x_{t'} = a' x0 + b' eps taken back to t by renoise is a x0 + (noise of variance b^2),
+    with (a, b) = signal_and_noise(t): the signal part scales by a / a', and the carried
+    noise b' a / a' and the fresh noise add up to b^2. So a jump back lands on q(x_t | x0)."""
+    s, t, t_prev = _renoise_pair(name, data)
+    x0 = _randn((1, 1, 2, 2), 0)
+    ones, zeros = torch.ones_like(x0), torch.zeros_like(x0)
+    a, b = s.signal_and_noise(t, x0)
+    signal = s.renoise(s.add_noise(x0, zeros, t_prev), t, t_prev, noise=zeros)
+    torch.testing.assert_close(signal, a * x0, rtol=0, atol=1e-9)
+    carried = s.renoise(s.add_noise(zeros, ones, t_prev), t, t_prev, noise=zeros)
+    fresh = s.renoise(zeros, t, t_prev, noise=ones)
+    torch.testing.assert_close(carried**2 + fresh**2, (b**2).expand(1, 1, 2, 2), rtol=0, atol=1e-9)
+
+
+def test_renoise_refuses_a_jump_the_wrong_way():
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="smaller than t"):
+        IF.renoise(x, 500, 600)
+    with pytest.raises(ValueError, match="larger than t"):
+        FLOW.renoise(x, 0.6, 0.5)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_ddim_step_with_eta_one_has_the_posterior_variance_and_eta_zero_none(name):
+    """DDIM's sigma = eta sqrt(beta~_t): x(z = 1) - x(z = 0) is sqrt(beta~_t) at eta = 1, 0 at eta = 0."""
+    s = SCHEDULES[name]
+    x_t, eps = _randn((1, 1, 2, 2), 0), _randn((1, 1, 2, 2), 1)
+    ones = torch.ones_like(x_t)
+    *_, posterior = _step_coefficients(s, 200, 150)
+    for eta, sigma in ((1.0, posterior.sqrt()), (0.0, 0.0)):
+        step = lambda z: s.ddim_step(x_t, eps, 200, 150, eta=eta, noise=z)  # noqa: E731
+        diff = step(ones) - step(0 * ones)
+        torch.testing.assert_close(diff, sigma * ones, rtol=0, atol=1e-9)
 
 
 @given(seed=seeds, ratio=st.floats(0.5, 1.0), max_value=st.floats(1.0, 3.0))
@@ -250,7 +299,7 @@ def test_strided_timesteps_course_mapping():
     ts = strided_timesteps(990, 30)
     assert ts[0] == 990 and ts[-1] == 0 and len(ts) == 34
     assert [ts[i] for i in (1, 3, 5, 7, 10, 20)] == [960, 900, 840, 780, 690, 390]
-    assert [timestep_index(ts, t) for t in (960, 900, 840, 780, 690, 390)] == [1, 3, 5, 7, 10, 20]
+    assert [ts.index(t) for t in (960, 900, 840, 780, 690, 390)] == [1, 3, 5, 7, 10, 20]
 
 
 @given(start=st.integers(0, 2000), stride=st.integers(1, 500))
@@ -277,16 +326,11 @@ def test_flow_interpolation_hits_its_endpoints(shape, seed):
     assert torch.equal(FLOW.add_noise(x1, x0, 1.0), x1)
 
 
-@given(shape=shapes, seed=seeds, t=st.floats(0.01, 0.99))
-def test_flow_velocity_conversions_are_mutual_inverses(shape, seed, t):
-    """v -> x1_hat -> v and v -> x0_hat -> v round-trip; with the true v both estimates are exact."""
+@given(shape=shapes, seed=seeds, t=st.floats(0.0, 1.0))
+def test_flow_predict_data_with_the_true_velocity_is_the_data(shape, seed, t):
+    """x1_hat = x_t + (1 - t) u is exact for the true velocity u = x1 - x0, at every t."""
     x0, x1 = _randn(shape, seed), _randn(shape, seed + 1)
-    x_t = FLOW.add_noise(x1, x0, t)
-    v = FLOW.velocity(x0, x1)
-    torch.testing.assert_close(FLOW.predict_x1(x_t, v, t), x1)
-    torch.testing.assert_close(FLOW.predict_x0(x_t, v, t), x0)
-    torch.testing.assert_close(FLOW.velocity_from_x1(x_t, FLOW.predict_x1(x_t, v, t), t), v)
-    torch.testing.assert_close(FLOW.velocity_from_x0(x_t, FLOW.predict_x0(x_t, v, t), t), v)
+    torch.testing.assert_close(FLOW.predict_data(FLOW.add_noise(x1, x0, t), x1 - x0, t), x1)
 
 
 @given(shape=shapes, seed=seeds, n=st.integers(1, 20))
@@ -295,8 +339,8 @@ def test_flow_euler_on_straight_line_field_reaches_x1(shape, seed, n):
     x0, x1 = _randn(shape, seed), _randn(shape, seed + 1)
     x = x0
     ts = FLOW.timesteps(n)
-    for t, t_next in zip(ts, ts[1:]):
-        x = FLOW.step(x, FLOW.velocity(x0, x1), t, t_next)
+    for t, t_prev in zip(ts, ts[1:]):
+        x = FLOW.step(x, x1 - x0, t, t_prev)
     torch.testing.assert_close(x, x1, rtol=0, atol=1e-9)
 
 
@@ -335,8 +379,6 @@ def test_negative_or_zero_stride_is_a_clear_error():
         strided_timesteps(990, -30)
     with pytest.raises(ValueError, match="positive"):
         strided_timesteps(990, 0)
-    with pytest.raises(ValueError, match="not in the schedule"):
-        timestep_index(strided_timesteps(), 7)
 
 
 def test_wrong_rank_and_shape_are_clear_errors():

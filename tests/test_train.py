@@ -11,11 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minidiff import recipes as R
+from minidiff import run_folder as RF
 from minidiff import train as T
 from minidiff.cli import main
 from minidiff.data import write_idx
 from minidiff.models.mnist import class_vector
-from minidiff.schedule import DDPMSchedule
+from minidiff.schedule import DDPMSchedule, FlowSchedule
 
 
 def fake_digits(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +42,7 @@ def test_ddpm_targets_match_the_definition():
     """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps with t ~ U{0..T-1}, ab from linear betas 1e-4..0.02."""
     x0, _ = fake_digits(8)
     s = DDPMSchedule.linear(300)
-    x_t, t, eps = T.ddpm_targets(s, x0, torch.Generator().manual_seed(3))
+    x_t, t, eps = R.ddpm_targets(s, x0, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     t_ref = torch.randint(0, 300, (8,), generator=g)
     eps_ref = torch.randn(x0.shape, generator=g)
@@ -55,7 +57,7 @@ def test_ddpm_targets_match_the_definition():
         return torch.zeros_like(x)
 
     c = class_vector(torch.arange(8))
-    loss = T.ddpm_loss(model, s, x0, c, torch.Generator().manual_seed(3))
+    loss = R.diffusion_loss(model, s, x0, c, torch.Generator().manual_seed(3))
     torch.testing.assert_close(seen["t"], t_ref.float() / 300)  # the network sees t / T
     assert torch.equal(seen["c"], c) and torch.equal(seen["x"], x_t)
     torch.testing.assert_close(loss, (eps_ref**2).mean())  # zero prediction: L = mean eps^2
@@ -64,7 +66,7 @@ def test_ddpm_targets_match_the_definition():
 def test_flow_targets_match_the_definition():
     """x_t = (1 - t) x0 + t x1, u = x1 - x0, x0 ~ N(0, I), t ~ U[0, 1]; so x_t + (1 - t) u = x1."""
     x1, _ = fake_digits(8)
-    x_t, t, u = T.flow_targets(x1, torch.Generator().manual_seed(5))
+    x_t, t, u = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     x0 = torch.randn(x1.shape, generator=g)
     t_ref = torch.rand(8, generator=g)
@@ -74,18 +76,28 @@ def test_flow_targets_match_the_definition():
     torch.testing.assert_close(u, x1 - x0)
     torch.testing.assert_close(x_t + (1 - tt) * u, x1)
 
+    seen = {}
+
+    def model(x, tn):
+        seen.update(x=x, t=tn)
+        return torch.zeros_like(x)
+
+    loss = R.diffusion_loss(model, FlowSchedule(), x1, None, torch.Generator().manual_seed(5))
+    assert torch.equal(seen["t"], t_ref) and torch.equal(seen["x"], x_t)  # the flow network sees t itself
+    torch.testing.assert_close(loss, (u**2).mean())
+
 
 @pytest.mark.parametrize("recipe", ["denoiser", "pure-noise", "ddpm-class", "flow-time", "judge"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(recipe):
     cfg = tiny(recipe, lr=1e-3, channels_last=False)
     torch.manual_seed(0)
-    model = T.build_from_config(cfg)
+    model = R.build_from_config(cfg)
     x, y = fake_digits(16)
-    schedule = DDPMSchedule.linear(300) if cfg["kind"] == "ddpm" else None
+    schedule = R.schedule_of(cfg)
     cfg["p_uncond"] = 0.0
 
     def loss():
-        return T._batch_loss(cfg, model, schedule, x, y, torch.Generator().manual_seed(0))
+        return R.batch_loss(cfg, model, schedule, x, y, torch.Generator().manual_seed(0))
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = loss()
@@ -99,15 +111,15 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(recipe):
 def test_checkpoint_round_trip_is_bit_exact(tmp_path, recipe):
     cfg = tiny(recipe)
     torch.manual_seed(1)
-    model = T.build_from_config(cfg)
-    T.save_checkpoint(model, cfg, tmp_path)
-    loaded, cfg2 = T.load_checkpoint(tmp_path)
+    model = R.build_from_config(cfg)
+    RF.save_checkpoint(model, cfg, tmp_path)
+    loaded, cfg2 = RF.load_checkpoint(tmp_path)
     assert cfg2["recipe"] == recipe
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    T.save_checkpoint(model, cfg, tmp_path / "half", dtype=torch.float16)
-    half, _ = T.load_checkpoint(tmp_path / "half")
+    RF.save_checkpoint(model, cfg, tmp_path / "half", dtype=torch.float16)
+    half, _ = RF.load_checkpoint(tmp_path / "half")
     w = "conv1.weight" if recipe == "judge" else "conv_out.weight"
     assert torch.equal(half.state_dict()[w], a[w].half().float())
 
@@ -119,15 +131,29 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, recipe):
     cfg = tiny(recipe)
     T.train(cfg, tmp_path / "a", data=data, progress=False)
     T.train(cfg, tmp_path / "b", data=data, progress=False, max_steps=4)
-    assert [s for s, _ in T.read_loss_log(tmp_path / "b")] == [0, 1, 2, 3]
+    assert [s for s, _ in RF.read_loss_log(tmp_path / "b")] == [0, 1, 2, 3]
     T.train(cfg, tmp_path / "b", data=data, progress=False, resume=True)
-    log_a, log_b = T.read_loss_log(tmp_path / "a"), T.read_loss_log(tmp_path / "b")
+    log_a, log_b = RF.read_loss_log(tmp_path / "a"), RF.read_loss_log(tmp_path / "b")
     assert len(log_a) == 6 and log_a == log_b
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     for f in ("loss.png", "config.json", "snapshots/epoch_001/model.safetensors"):
         assert (tmp_path / "b" / f).is_file()
     assert json.loads((tmp_path / "b" / "config.json").read_text())["steps"] == 6
+
+
+def test_a_run_folder_reads_back(tmp_path):
+    """read_run_config, run_epochs, trained_how and plot_loss read what train() wrote."""
+    T.train(tiny("flow-class"), tmp_path, data=fake_digits(48), progress=False)
+    cfg = RF.read_run_config(tmp_path)
+    assert cfg["steps"] == 6 and cfg["steps_per_epoch"] == 3 and cfg["epochs_done"] == 2
+    assert RF.run_epochs(tmp_path) == {1: tmp_path / "snapshots" / "epoch_001", 2: tmp_path}
+    assert RF.trained_how(tmp_path).startswith("D = 4, 2 epochs, 6 steps of 16, ")
+    title = "flow matching, class-conditioned: " + RF.trained_how(tmp_path) + " on fake digits, for the test"
+    path = RF.plot_loss(tmp_path, tmp_path / "curve.png", title)
+    assert path == tmp_path / "curve.png" and path.stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="loss.csv"):
+        RF.plot_loss(tmp_path / "snapshots" / "epoch_001")
 
 
 def test_resume_needs_a_checkpoint_with_the_same_settings(tmp_path):

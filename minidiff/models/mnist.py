@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidiff.schedule import DDPMSchedule, FlowSchedule
+
 __all__ = [
     "Conv",
     "DownConv",
@@ -51,6 +53,7 @@ __all__ = [
     "ClassConditionalUNet",
     "class_vector",
     "drop_class",
+    "unet_time",
     "build_model",
     "forward_flops",
     "NUM_CLASSES",
@@ -64,37 +67,32 @@ NUM_CLASSES = 10
 # ----------------------------------------------------------------------------------------
 
 
-class Conv(nn.Sequential):
+class _ConvNormAct(nn.Sequential):
+    """A convolution, then BatchNorm and GELU: the layer every block below is made of."""
+
+    def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d) -> None:
+        super().__init__(conv, nn.BatchNorm2d(conv.out_channels), nn.GELU())
+
+
+class Conv(_ConvNormAct):
     """3x3 convolution that keeps the resolution, then BatchNorm and GELU. (B, C_in, H, W) -> (B, C_out, H, W)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.GELU(),
-        )
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1))
 
 
-class DownConv(nn.Sequential):
+class DownConv(_ConvNormAct):
     """3x3 convolution with stride 2 (halves H and W), BatchNorm, GELU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.GELU(),
-        )
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1))
 
 
-class UpConv(nn.Sequential):
+class UpConv(_ConvNormAct):
     """4x4 transposed convolution with stride 2 (doubles H and W), BatchNorm, GELU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.GELU(),
-        )
+        super().__init__(nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1))
 
 
 class Flatten(nn.Sequential):
@@ -104,15 +102,11 @@ class Flatten(nn.Sequential):
         super().__init__(nn.AvgPool2d(7), nn.GELU())
 
 
-class Unflatten(nn.Sequential):
+class Unflatten(_ConvNormAct):
     """7x7 transposed convolution with stride 7, BatchNorm, GELU. (B, C, 1, 1) -> (B, C, 7, 7)."""
 
     def __init__(self, in_channels: int) -> None:
-        super().__init__(
-            nn.ConvTranspose2d(in_channels, in_channels, 7, stride=7, padding=0),
-            nn.BatchNorm2d(in_channels),
-            nn.GELU(),
-        )
+        super().__init__(nn.ConvTranspose2d(in_channels, in_channels, 7, stride=7, padding=0))
 
 
 class ConvBlock(nn.Sequential):
@@ -178,6 +172,16 @@ def drop_class(
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
     keep = torch.rand(c.shape[0], 1, generator=generator, device=c.device) >= p_uncond
     return c * keep.to(c.dtype)
+
+
+def unet_time(t: torch.Tensor, schedule: DDPMSchedule | FlowSchedule) -> torch.Tensor:
+    """The time the UNet sees, a float in [0, 1]: t / T for a DDPM step t in {0..T-1}, the flow time t as is.
+
+    The one place the scaling lives: training (``minidiff.recipes``) and sampling
+    (``minidiff.mnist_pipeline.MNISTModel``) both call it.
+    """
+    t = t.float()
+    return t / schedule.num_timesteps if isinstance(schedule, DDPMSchedule) else t
 
 
 def _time_column(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -295,18 +299,15 @@ class ClassConditionalUNet(TimeConditionalUNet):
     """The UNet conditioned on time and class: forward(x, t, c) -> (B, 1, 28, 28).
 
     c is a (B, 10) class vector (one-hot for a digit, all zeros for "no class") or (B,)
-    int64 labels. ``p_uncond`` is the rate at which training replaces c by zeros
+    int64 labels. Training replaces c by zeros at the rate p_uncond of its config
     (``drop_class``); the forward pass itself never drops, so eval and training calls
     with the same inputs agree apart from BatchNorm.
     """
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = NUM_CLASSES, num_hiddens: int = 64, p_uncond: float = 0.1
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES, num_hiddens: int = 64) -> None:
         super().__init__(in_channels, num_hiddens)
         D = num_hiddens
         self.num_classes = num_classes
-        self.p_uncond = p_uncond
         self.fc1_c = FCBlock(num_classes, 2 * D)
         self.fc2_c = FCBlock(num_classes, D)
 
@@ -327,10 +328,6 @@ class ClassConditionalUNet(TimeConditionalUNet):
             shift2=self.fc2_t(tc),
         )
 
-    def drop_class(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Zero each row of the class vector with probability ``self.p_uncond`` (training only)."""
-        return drop_class(class_vector(c, self.num_classes), self.p_uncond, generator)
-
 
 # ----------------------------------------------------------------------------------------
 # Construction from a config, and cost
@@ -343,13 +340,13 @@ _ARCHS = {
 }
 
 
-def build_model(arch: str, num_hiddens: int, **kwargs) -> nn.Module:
+def build_model(arch: str, num_hiddens: int) -> nn.Module:
     """A model from its config name: "unconditional", "time" or "class"."""
     if arch not in _ARCHS:
         raise ValueError(f"unknown MNIST architecture {arch!r}; choose one of {sorted(_ARCHS)}")
     if not isinstance(num_hiddens, int) or num_hiddens < 1:
         raise ValueError(f"num_hiddens (D) must be a positive int, got {num_hiddens!r}")
-    return _ARCHS[arch](num_hiddens=num_hiddens, **kwargs)
+    return _ARCHS[arch](num_hiddens=num_hiddens)
 
 
 def forward_flops(num_hiddens: int, in_channels: int = 1) -> int:
@@ -359,19 +356,17 @@ def forward_flops(num_hiddens: int, in_channels: int = 1) -> int:
     """
     D, c = num_hiddens, in_channels
 
-    def conv(cin: int, cout: int, hw: int, k: int = 3) -> int:  # output hw x hw
+    def conv(cin: int, cout: int, hw: int, k: int = 3) -> int:
+        """A conv's output pixel gathers one k x k patch, a transposed conv's input pixel scatters one: hw is that side."""
         return 2 * hw * hw * cin * cout * k * k
-
-    def convt(cin: int, cout: int, hw_in: int, k: int) -> int:  # every input pixel scatters a k x k patch
-        return 2 * hw_in * hw_in * cin * cout * k * k
 
     return (
         conv(c, D, 28) + conv(D, D, 28)  # conv_in
         + conv(D, D, 14) + 2 * conv(D, D, 14)  # down1
         + conv(D, 2 * D, 7) + 2 * conv(2 * D, 2 * D, 7)  # down2
-        + convt(2 * D, 2 * D, 1, 7)  # unflatten
-        + convt(4 * D, D, 7, 4) + 2 * conv(D, D, 14)  # up1
-        + convt(2 * D, D, 14, 4) + 2 * conv(D, D, 28)  # up2
+        + conv(2 * D, 2 * D, 1, 7)  # unflatten (transposed, 1x1 in)
+        + conv(4 * D, D, 7, 4) + 2 * conv(D, D, 14)  # up1 (transposed, 7x7 in)
+        + conv(2 * D, D, 14, 4) + 2 * conv(D, D, 28)  # up2 (transposed, 14x14 in)
         + conv(2 * D, D, 28) + conv(D, D, 28)  # conv_mid
         + conv(D, c, 28)  # conv_out
     )

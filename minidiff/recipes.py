@@ -1,0 +1,294 @@
+"""Part B recipes: what each training run trains (its settings) and the loss it minimises.
+
+Every recipe is the same loop (``minidiff.train``) around a different loss on a batch of
+digits x in [0, 1]:
+
+    denoiser    z = x + sigma eps (sigma = 0.5)          L = |D(z) - x|^2
+    pure-noise  z = eps                                   L = |D(z) - x|^2
+    ddpm-*      t ~ U{0..T-1}, x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps
+                                                          L = |eps_theta(x_t, t / T [, c]) - eps|^2
+    flow-*      t ~ U[0, 1], x_0 ~ N(0, I), x_t = (1 - t) x_0 + t x
+                                                          L = |u_theta(x_t, t [, c]) - (x - x_0)|^2
+    judge       cross-entropy of the classifier on randomly shifted digits
+
+(*-class recipes drop the class vector to zero with p_uncond = 0.1, for classifier-free
+guidance.) x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
+``FlowSchedule.add_noise``), the same ones the samplers invert.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minidiff.checks import integer, real_number
+from minidiff.metrics import MNISTJudge, random_shift
+from minidiff.models.mnist import build_model, class_vector, drop_class, unet_time
+from minidiff.schedule import DDPMSchedule, FlowSchedule
+
+__all__ = [
+    "RECIPES",
+    "recipe_config",
+    "check_train_config",
+    "check_model_config",
+    "build_from_config",
+    "schedule_of",
+    "denoiser_loss",
+    "pure_noise_loss",
+    "ddpm_targets",
+    "flow_targets",
+    "diffusion_loss",
+    "judge_loss",
+    "batch_loss",
+]
+
+# The course's settings, with the width D chosen to train in minutes on a 2-core CPU
+# (the course uses D = 128 for the denoiser and D = 64 for DDPM and flow models).
+RECIPES: dict[str, dict[str, Any]] = {
+    "denoiser": dict(kind="denoiser", arch="unconditional", num_hiddens=32, sigma=0.5,
+                     epochs=5, batch_size=64, lr=1e-3, lr_decay=False, snapshot_epochs=[1, 5]),
+    "pure-noise": dict(kind="pure-noise", arch="unconditional", num_hiddens=32,
+                       epochs=5, batch_size=64, lr=1e-3, lr_decay=False, snapshot_epochs=[1, 5]),
+    "ddpm-time": dict(kind="ddpm", arch="time", num_hiddens=32, T=300, beta_start=1e-4, beta_end=0.02,
+                      epochs=10, batch_size=128, lr=1e-3, lr_decay=True, snapshot_epochs=[1, 5]),
+    "ddpm-class": dict(kind="ddpm", arch="class", num_hiddens=32, T=300, beta_start=1e-4, beta_end=0.02,
+                       p_uncond=0.1, epochs=10, batch_size=128, lr=1e-3, lr_decay=True, snapshot_epochs=[1, 5]),
+    "flow-time": dict(kind="flow", arch="time", num_hiddens=32,
+                      epochs=10, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 5]),
+    "flow-class": dict(kind="flow", arch="class", num_hiddens=32, p_uncond=0.1,
+                       epochs=8, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 2, 5, 8]),
+    "judge": dict(kind="judge", arch="judge", width=32, max_shift=2,
+                  epochs=4, batch_size=64, lr=1e-3, lr_decay=True, snapshot_epochs=[]),
+}
+_COMMON = dict(seed=0, save_every=500, channels_last=True, data_range=[0.0, 1.0])
+
+# Keys a config may carry beyond its recipe's settings: where the training data came from.
+_EXTRA_KEYS = ("data", "train_data")
+# The network each kind of training can train.
+_ARCHS_OF = {"denoiser": ("unconditional",), "pure-noise": ("unconditional",), "ddpm": ("time", "class"),
+             "flow": ("time", "class"), "judge": ("judge",)}
+# The command-line flag of each setting, for error messages.
+_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
+          "width": "--hidden", "seed": "--seed", "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
+
+
+# ----------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------
+
+
+def recipe_config(recipe: str, **overrides: Any) -> dict[str, Any]:
+    """The full config of a recipe, with overrides (None values are ignored), checked.
+
+    Only the recipe's own settings (and ``data``, the MNIST folder) can be overridden. When
+    epochs is overridden, the recipe's default snapshot epochs beyond it are dropped; snapshot
+    epochs given explicitly must lie in 1..epochs.
+    """
+    if not isinstance(recipe, str) or recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {' | '.join(RECIPES)}")
+    cfg = {"recipe": recipe, **_COMMON, **copy.deepcopy(RECIPES[recipe])}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    fixed = sorted(set(overrides) & {"recipe", "kind", "arch"})
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} is set by the recipe; choose another recipe instead of overriding it")
+    unknown = sorted(set(overrides) - set(cfg) - set(_EXTRA_KEYS))
+    if unknown:
+        raise ValueError(f"recipe {recipe!r} has no setting {', '.join(unknown)}; "
+                         f"its settings are {', '.join(sorted(set(cfg) - {'recipe', 'kind', 'arch'}))}")
+    cfg.update(overrides)
+    if "epochs" in overrides and "snapshot_epochs" not in overrides:
+        epochs = real_number(cfg["epochs"], setting_name("epochs"), positive=True)
+        cfg["snapshot_epochs"] = [e for e in cfg["snapshot_epochs"] if e <= epochs]
+    return check_train_config(cfg)
+
+
+def setting_name(key: str, where: str = "") -> str:
+    """How an error names a setting: its flag when training, its file when loading."""
+    if where:
+        return f"{key} in {where}"
+    return f"{key} ({_FLAGS[key]})" if key in _FLAGS else key
+
+
+def check_model_config(cfg: dict[str, Any], where: str = "") -> None:
+    """The settings that define the network and its noise schedule: what ``load_checkpoint`` needs.
+
+    where: the config file, when the config was read from one (named in the error).
+    """
+    kind, arch = cfg.get("kind"), cfg.get("arch")
+    if kind not in _ARCHS_OF:
+        raise ValueError(f"{setting_name('kind', where)} must be one of {', '.join(_ARCHS_OF)}, got {kind!r}")
+    if arch not in _ARCHS_OF[kind]:
+        raise ValueError(f"{setting_name('arch', where)} must be {' or '.join(_ARCHS_OF[kind])} "
+                         f"for kind {kind!r}, got {arch!r}")
+    needed = ["width"] if arch == "judge" else ["num_hiddens"]
+    needed += ["T", "beta_start", "beta_end"] if kind == "ddpm" else []
+    missing = [k for k in needed if k not in cfg]
+    if missing:
+        raise ValueError(f"{where or 'the config'} lacks {', '.join(missing)}, which a {kind} model needs")
+    integer(cfg[needed[0]], setting_name(needed[0], where), minimum=1)
+    if arch == "class":
+        p_uncond = real_number(cfg.get("p_uncond", 0.1), setting_name("p_uncond", where), nonnegative=True)
+        if p_uncond > 1:
+            raise ValueError(f"{setting_name('p_uncond', where)} is a probability and must lie in [0, 1], "
+                             f"got {p_uncond}")
+    if kind == "ddpm":
+        integer(cfg["T"], setting_name("T", where), minimum=1)
+        b0 = real_number(cfg["beta_start"], setting_name("beta_start", where), positive=True)
+        b1 = real_number(cfg["beta_end"], setting_name("beta_end", where), positive=True)
+        if not b0 <= b1 < 1:
+            raise ValueError(f"{where or 'the config'}: need 0 < beta_start <= beta_end < 1, got {b0} and {b1}")
+
+
+def check_train_config(cfg: Any) -> dict[str, Any]:
+    """A copy of cfg, checked, with numbers as Python numbers and snapshot epochs sorted: ValueError naming the setting."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"cfg must be a dict such as recipe_config('flow-class') returns, got a {type(cfg).__name__}")
+    recipe = cfg.get("recipe")
+    if recipe not in RECIPES:
+        raise ValueError(f"cfg['recipe'] must be one of: {' | '.join(RECIPES)}, got {recipe!r}; build cfg with recipe_config")
+    missing = [k for k in {"kind": 0, **_COMMON, **RECIPES[recipe]} if k not in cfg]
+    if missing:
+        raise ValueError(f"cfg lacks {', '.join(missing)}; build it with recipe_config({recipe!r}, ...)")
+    cfg = copy.deepcopy(cfg)
+    check_model_config(cfg)
+    epochs = real_number(cfg["epochs"], setting_name("epochs"), positive=True)
+    cfg["epochs"] = int(epochs) if isinstance(cfg["epochs"], int) else epochs  # keep 5 as 5 in config.json
+    cfg["lr"] = real_number(cfg["lr"], setting_name("lr"), positive=True)
+    for key, minimum in (("batch_size", 1), ("save_every", 1), ("seed", 0)):
+        cfg[key] = integer(cfg[key], setting_name(key), minimum=minimum)
+    if cfg["seed"] >= 2**32:
+        raise ValueError(f"{setting_name('seed')} must be below 2**32, got {cfg['seed']}")
+    for key in ("lr_decay", "channels_last"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
+    if cfg["kind"] == "denoiser":
+        cfg["sigma"] = real_number(cfg["sigma"], "sigma", nonnegative=True)
+    if cfg["kind"] == "judge":
+        cfg["max_shift"] = integer(cfg["max_shift"], "max_shift", minimum=0)
+    cfg["snapshot_epochs"] = _check_snapshot_epochs(cfg["snapshot_epochs"], epochs, cfg["epochs"])
+    if cfg.get("data") is not None:
+        if not isinstance(cfg["data"], (str, os.PathLike)):
+            raise ValueError(f"data (--data) must be the path of an MNIST folder, got {cfg['data']!r}")
+        cfg["data"] = str(cfg["data"])
+    try:  # config.json is written at the first checkpoint: find out now, not after the first 500 steps
+        json.dumps(cfg)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cfg must hold only JSON values (numbers, strings, lists, dicts): {err}") from err
+    return cfg
+
+
+def _check_snapshot_epochs(snaps: Any, epochs: float, shown: Any) -> list[int]:
+    """The snapshot epochs, sorted and unique, each a whole epoch in 1..epochs (`shown` as the config says it)."""
+    if not isinstance(snaps, (list, tuple)):
+        raise ValueError(f"{setting_name('snapshot_epochs')} must be a list of epochs such as [1, 5], got {snaps!r}")
+    for e in snaps:
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= epochs:
+            raise ValueError(f"{setting_name('snapshot_epochs')} must be whole epochs from 1 to epochs = {shown}, "
+                             f"got {e!r} in {list(snaps)}")
+    return sorted(set(snaps))
+
+
+# ----------------------------------------------------------------------------------------
+# The network and the schedule of a config
+# ----------------------------------------------------------------------------------------
+
+
+def build_from_config(cfg: dict[str, Any]) -> nn.Module:
+    """The network a config describes (weights initialised from the global RNG)."""
+    if cfg["arch"] == "judge":
+        return MNISTJudge(width=cfg.get("width", 32))
+    return build_model(cfg["arch"], cfg["num_hiddens"])
+
+
+def schedule_of(cfg: dict[str, Any]) -> DDPMSchedule | FlowSchedule | None:
+    """The noise process a config trains on: DDPM's linear betas, the flow path, or None (denoisers, judge)."""
+    if cfg["kind"] == "ddpm":
+        return DDPMSchedule.linear(cfg["T"], cfg["beta_start"], cfg["beta_end"])
+    return FlowSchedule() if cfg["kind"] == "flow" else None
+
+
+# ----------------------------------------------------------------------------------------
+# Losses: one batch in, a scalar out. Each draws its randomness from `generator`.
+# ----------------------------------------------------------------------------------------
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) of x's shape, drawn on the CPU (so a seeded run draws the same on every device)."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def denoiser_loss(model: nn.Module, x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """L2 between D(x + sigma eps) and x."""
+    z = x + sigma * _randn_like(x, generator)
+    return F.mse_loss(model(z), x)
+
+
+def pure_noise_loss(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """L2 between D(eps) and x: the best answer is the mean digit (the lesson's point)."""
+    return F.mse_loss(model(_randn_like(x, generator)), x)
+
+
+def ddpm_targets(
+    schedule: DDPMSchedule, x0: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw t ~ U{0..T-1} (B,) and eps; return (x_t, t, eps) with x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps."""
+    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    eps = _randn_like(x0, generator)
+    return schedule.add_noise(x0, eps, t), t, eps
+
+
+def flow_targets(
+    schedule: FlowSchedule, x1: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw x0 ~ N(0, I) and t ~ U[0, 1] (B,); return (x_t, t, u) with x_t = (1 - t) x0 + t x1, u = x1 - x0."""
+    x0 = _randn_like(x1, generator)
+    t = torch.rand(x1.shape[0], generator=generator).to(x1.device)
+    return schedule.add_noise(x1, x0, t), t, x1 - x0  # u: the path's constant velocity
+
+
+def diffusion_loss(
+    model: nn.Module, schedule: DDPMSchedule | FlowSchedule, x: torch.Tensor, c: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L2 between the network's output at (x_t, t [, c]) and the schedule's target for it.
+
+    DDPM: |eps_theta(x_t, t / T [, c]) - eps|^2 (``ddpm_targets``); flow: |u_theta(x_t, t [, c]) - u|^2
+    (``flow_targets``). The network sees t as ``unet_time`` scales it, as when sampling.
+    """
+    targets = ddpm_targets if isinstance(schedule, DDPMSchedule) else flow_targets
+    x_t, t, target = targets(schedule, x, generator)
+    t_in = unet_time(t, schedule)
+    return F.mse_loss(model(x_t, t_in) if c is None else model(x_t, t_in, c), target)
+
+
+def judge_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shift: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Cross-entropy on randomly shifted digits."""
+    return F.cross_entropy(model(random_shift(x, max_shift, generator)), y)
+
+
+def batch_loss(
+    cfg: dict[str, Any], model: nn.Module, schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor,
+    y: torch.Tensor, generator: torch.Generator,
+) -> torch.Tensor:
+    """The loss of cfg's recipe on one batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,)."""
+    kind = cfg["kind"]
+    if kind == "judge":
+        return judge_loss(model, x, y, cfg["max_shift"], generator)
+    if cfg.get("channels_last"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    if kind == "denoiser":
+        return denoiser_loss(model, x, cfg["sigma"], generator)
+    if kind == "pure-noise":
+        return pure_noise_loss(model, x, generator)
+    c = drop_class(class_vector(y), cfg["p_uncond"], generator) if cfg["arch"] == "class" else None
+    if kind in ("ddpm", "flow"):
+        return diffusion_loss(model, schedule, x, c, generator)
+    raise ValueError(f"unknown training kind {kind!r}")
