@@ -9,8 +9,6 @@ asking the model for eps and moving to the next timestep with classifier-free gu
 Fewer steps (a bigger stride) is faster and rougher; more steps is slower and finer.
 """
 
-import torch
-
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.guidance import cfg
 from minidiff.samplers import iterative_denoise

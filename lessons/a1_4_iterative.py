@@ -8,8 +8,6 @@ with alpha_t = ab_t / ab_{t'} and beta_t = 1 - alpha_t. Each step commits a litt
 the result is sharper than the one-step guess and far better than a blur.
 """
 
-import torch
-
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.filters import gaussian_blur
 from minidiff.samplers import iterative_denoise, one_step_denoise

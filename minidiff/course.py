@@ -115,20 +115,11 @@ class LessonContext:
 
         return save_gif(frames, self.path(name), nrow=nrow, value_range=value_range, duration_ms=duration_ms)
 
-    def save_rows(
-        self,
-        name: str,
-        rows: Sequence[Sequence[torch.Tensor]],
-        titles: Sequence[Sequence[str]] | None = None,
-        row_labels: Sequence[str] | None = None,
-        value_range: tuple[float, float] = (-1.0, 1.0),
-        suptitle: str | None = None,
-        cell: float = 1.6,
-    ) -> Path:
-        """A titled figure of rows of single images (see minidiff.figures.rows_figure)."""
+    def save_rows(self, name: str, rows: Sequence[Sequence[torch.Tensor]], *args, **kwargs) -> Path:
+        """A titled figure of rows of single images: minidiff.figures.rows_figure into out/name."""
         from minidiff.figures import rows_figure
 
-        return rows_figure(self.path(name), rows, titles, row_labels, value_range, suptitle, cell)
+        return rows_figure(self.path(name), rows, *args, **kwargs)
 
     def save_sampling_gif(self, name: str, states: Sequence[torch.Tensor], nrow: int = 10,
                           value_range: tuple[float, float] = (0.0, 1.0)) -> Path:

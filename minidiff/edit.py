@@ -158,10 +158,10 @@ def inpaint(
         return m * x + (1 - m) * known
 
     def update(x_t: torch.Tensor, model_output: torch.Tensor, t: float, t_prev: float) -> torch.Tensor:
-        for u in range(resample_steps if t_prev != ts[-1] else 1):
-            if u > 0:  # jump back to t and take the step again
-                x_t = schedule.renoise(x_prev, t, t_prev, generator=generator)
-                model_output = run_denoiser(den, x_t, schedule, t)
+        x_prev = paste(schedule.step(x_t, model_output, t, t_prev, generator=generator), t_prev)
+        for _ in range(resample_steps - 1 if t_prev != ts[-1] else 0):  # RePaint: jump back to t, step again
+            x_t = schedule.renoise(x_prev, t, t_prev, generator=generator)
+            model_output = run_denoiser(den, x_t, schedule, t)
             x_prev = paste(schedule.step(x_t, model_output, t, t_prev, generator=generator), t_prev)
         return x_prev
 

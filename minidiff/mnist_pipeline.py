@@ -19,7 +19,6 @@ samplers and guidance rules drive it exactly as they drive DeepFloyd IF::
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from minidiff.checks import integer, real_number
 from minidiff.models.mnist import class_vector, unet_time
 from minidiff.paths import shipped_dir
 from minidiff.recipes import schedule_of
@@ -146,6 +146,25 @@ def function_evaluations(method: str, steps: int) -> int:
     return 2 * steps - 1 if method == "heun" else steps
 
 
+def _sampler(model: MNISTModel, method: str | None, steps: int | None, grid: str | None):
+    """The sampler and timesteps for a model: given values, else its config["sampler"], else Heun 8 / DDPM 300."""
+    from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise
+
+    defaults = model.config.get("sampler", {})
+    flow = model.kind == "flow"
+    method = method or defaults.get("method", "heun" if flow else "ddpm")
+    steps = defaults.get("steps", 8 if flow else 300) if steps is None else steps
+    if flow:
+        timesteps: list = flow_time_grid(steps, grid or defaults.get("grid", "uniform"))
+        run = {"euler": flow_euler, "heun": flow_heun}.get(method)
+    else:
+        timesteps = ddpm_timesteps(model.config["T"], steps)
+        run = {"ddpm": iterative_denoise, "ddim": ddim}.get(method)
+    if run is None:
+        raise ValueError(f"method {method!r} does not fit a {model.kind} model")
+    return run, timesteps
+
+
 @torch.no_grad()
 def sample_digits(
     model: MNISTModel | str | os.PathLike | None = None,
@@ -167,34 +186,17 @@ def sample_digits(
     evaluations. The same seed gives the same digits.
     """
     from minidiff.guidance import cfg as cfg_guidance
-    from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise
 
-    if not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
-    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive int (None for the model's own), got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    per_class = integer(per_class, "per_class", minimum=1)
+    guidance = real_number(guidance, "guidance")
+    steps = None if steps is None else integer(steps, "steps (None for the model's own)", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
     if not isinstance(model, MNISTModel):
         model = load_mnist_model(model or "flow-class", device=device)
     if not model.conditional or model.schedule is None:
         raise ValueError(f"sample_digits needs a class-conditioned DDPM or flow model (shipped: flow-class, "
                          f"ddpm-class), got a {model.kind}/{model.config['arch']} model")
-    defaults = model.config.get("sampler", {})
-    flow = model.kind == "flow"
-    method = method or defaults.get("method", "heun" if flow else "ddpm")
-    steps = defaults.get("steps", 8 if flow else 300) if steps is None else steps
-    grid = grid or defaults.get("grid", "uniform")
-    if flow:
-        timesteps: list = flow_time_grid(steps, grid)
-        run = {"euler": flow_euler, "heun": flow_heun}.get(method)
-    else:
-        timesteps = ddpm_timesteps(model.config["T"], steps)
-        run = {"ddpm": iterative_denoise, "ddim": ddim}.get(method)
-    if run is None:
-        raise ValueError(f"method {method!r} does not fit a {model.kind} model")
+    run, timesteps = _sampler(model, method, steps, grid)
 
     labels = torch.arange(10).repeat_interleave(per_class)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -206,8 +208,7 @@ def sample_digits(
         x = run(den, noise[i : i + batch_size].to(model.device), model.schedule, timesteps,
                 generator=generator, progress=progress)
         out.append(x.float().cpu())
-    x = torch.cat(out)
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
+    images = (torch.cat(out).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
     return images, labels.numpy().astype(np.int64)
 
 
