@@ -75,8 +75,7 @@ def output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # os.access says yes to root even on a read-only mount: only a real write proves it
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".minidiff-probe-"):
-            pass
+        tempfile.NamedTemporaryFile(dir=folder, prefix=".minidiff-probe-").close()  # created, then deleted
     except OSError as err:
         raise ValueError(f"{what} {folder} cannot be written to ({err.strerror}); choose another folder") from None
     return folder
