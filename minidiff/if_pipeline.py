@@ -1,4 +1,4 @@
-"""DeepFloyd IF stage 1 as a minidiff model, and text-to-64x64 sampling with it.
+"""DeepFloyd IF as a minidiff model: text-to-64x64 sampling (stage 1) and 64 -> 256 upscaling (stage 2).
 
 ``IFDenoiser`` wraps the UNet into the model signature every guidance rule and sampler of
 minidiff speaks, ``model(x_t, t, cond) -> output``, the condition being the T5 prompt
@@ -15,6 +15,17 @@ scale 7, the null prompt "" as the unconditional branch):
     for (t, t') in [(990, 960), ..., (30, 0)]:
         eps, v = eps_u + 7 (eps_c - eps_u), v_c  (one batched UNet call)
         x_t' = DDPM step with IF's learned-range variance
+
+``if_stage2`` upscales with IF-II-L/M as diffusers' ``IFSuperResolutionPipeline`` does
+(the same generator gives the same image). The low-res image is upscaled bilinearly and
+noised to ``noise_level`` (noise augmentation: the stage-2 UNet was trained on noised
+low-res inputs and is told how noisy), and every UNet call sees it beside x_t:
+
+    up = sqrt(ab_s) bilinear(low_res) + sqrt(1 - ab_s) n,   s = noise_level (250)
+    x_T ~ N(0, I)                               (B, 3, 256, 256)
+    for t in [980, 960, ..., 20, 0], then t' = -1 (the clean image):
+        eps, v = CFG (scale 4) of UNet([x_t, up], t, text, s)
+        x_t' = DDPM step, x0_hat dynamically thresholded (ratio 0.95, max 1.0)
 """
 
 from __future__ import annotations
@@ -22,15 +33,28 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
+from minidiff.betas import cosine_betas
 from minidiff.checks import finite_tensor, image_batch, integer, real_number
 from minidiff.guidance import cfg
 from minidiff.samplers import Callback, check_generator, iterative_denoise
 from minidiff.schedule import DDPMSchedule, strided_timesteps
 
-__all__ = ["IFDenoiser", "if_stage1", "GUIDANCE_SCALE"]
+__all__ = [
+    "IFDenoiser",
+    "IFUpscaleDenoiser",
+    "if_stage1",
+    "if_stage2",
+    "stage2_schedule",
+    "GUIDANCE_SCALE",
+    "STAGE2_GUIDANCE_SCALE",
+    "STAGE2_NOISE_LEVEL",
+]
 
 GUIDANCE_SCALE = 7.0  # the course's classifier-free guidance scale for IF stage 1
+STAGE2_GUIDANCE_SCALE = 4.0  # IF stage 2's (diffusers' IFSuperResolutionPipeline default)
+STAGE2_NOISE_LEVEL = 250  # the noise level of the upscaled low-res image (IF's aug_level 0.25)
 
 
 class IFDenoiser:
@@ -129,4 +153,103 @@ def if_stage1(
     x = x_T.float()
     den = cfg(IFDenoiser(unet), prompt_embeds.float(), negative_embeds.float(), guidance_scale)
     x = iterative_denoise(den, x, schedule, timesteps, generator=generator, callback=callback, progress=progress)
+    return x.clamp(-1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 2: 64 -> 256
+# ----------------------------------------------------------------------------------------
+
+
+class IFUpscaleDenoiser(IFDenoiser):
+    """The stage-2 UNet as ``model(x_t, t, prompt_embeds)``, with the noised upscaled image fixed.
+
+    x_t (N, 3, H, W) with N a multiple of B (guidance stacks copies of the batch), upscaled
+    (B, 3, H, W), noise_level in [0, 999]: the UNet sees [x_t, upscaled] (N, 6, H, W).
+    """
+
+    def __init__(self, unet: torch.nn.Module, upscaled: torch.Tensor, noise_level: int):
+        super().__init__(unet)
+        self.upscaled = upscaled
+        self.noise_level = noise_level
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        n, b = x_t.shape[0], self.upscaled.shape[0]
+        if n % b:
+            raise ValueError(f"x_t has batch {n}, not a multiple of the {b} upscaled images")
+        dtype, device = self.dtype, self.device
+        x_in = torch.cat([x_t, self.upscaled.to(x_t.dtype).repeat(n // b, 1, 1, 1)], dim=1)
+        t = torch.as_tensor(t, device=device)
+        level = torch.full((n,), self.noise_level, device=device)
+        out = self.unet(x_in.to(device=device, dtype=dtype), t, prompt_embeds.to(device=device, dtype=dtype), level)
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+
+def stage2_schedule() -> DDPMSchedule:
+    """IF stage 2's sampling schedule: IF's cosine DDPM with dynamic thresholding (ratio 0.95, max 1.0)."""
+    return DDPMSchedule(cosine_betas(1000), thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.0)
+
+
+def _check_stage2_args(unet: object, low_res: object, batch: int, noise_level: object, size: tuple) -> tuple:
+    """ValueError for anything ``if_stage2`` cannot take; (noise_level, height, width) as ints."""
+    if not isinstance(unet, torch.nn.Module) or not getattr(getattr(unet, "config", None), "takes_noise_level", False):
+        raise ValueError(
+            f"unet must be an IF stage-2 IFUNet (IF-II-L/M, whose config has class_embed_type 'timestep'), "
+            f"got {type(unet).__name__}"
+        )
+    image_batch(low_res, "low_res", channels=3)
+    finite_tensor(low_res, "low_res")
+    if low_res.shape[0] != batch:
+        raise ValueError(f"low_res has batch {low_res.shape[0]} but there are {batch} prompt embeddings")
+    noise_level = integer(noise_level, "noise_level", minimum=0)
+    if noise_level > 999:
+        raise ValueError(f"noise_level must lie in [0, 999], got {noise_level}")
+    height, width = (integer(v, name, minimum=1) for v, name in zip(size, ("height", "width")))
+    factor = 2 ** getattr(unet, "num_upsamplers", 0)
+    if height % factor or width % factor:
+        raise ValueError(f"height and width must be multiples of {factor} for this UNet, got {height}x{width}")
+    return noise_level, height, width
+
+
+@torch.no_grad()
+def if_stage2(
+    unet: torch.nn.Module,
+    low_res: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    guidance_scale: float = STAGE2_GUIDANCE_SCALE,
+    noise_level: int = STAGE2_NOISE_LEVEL,
+    timesteps: Sequence[int] | None = None,
+    height: int = 256,
+    width: int = 256,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Upscale stage-1 images (B, 3, h, w) in [-1, 1] to (B, 3, height, width) with IF stage 2.
+
+    prompt_embeds (B, 77, D) and negative_embeds (1 or B, 77, D): as for ``if_stage1``.
+    noise_level: how far the bilinearly upscaled low_res is noised before the UNet sees it.
+    timesteps: the UNet's timesteps, strictly decreasing; a last noiseless step to the clean
+    image follows. Default: diffusers' 50 steps [980, 960, ..., 20, 0].
+    The random draws (x_T, the low-res noise, each step's noise) come from ``generator`` in
+    the order diffusers' IFSuperResolutionPipeline draws them.
+    Returns float32 images (B, 3, height, width) clipped to [-1, 1].
+    """
+    prompt_embeds, negative_embeds = _check_embeds(prompt_embeds, negative_embeds)
+    batch = prompt_embeds.shape[0]
+    noise_level, height, width = _check_stage2_args(unet, low_res, batch, noise_level, (height, width))
+    guidance_scale = real_number(guidance_scale, "guidance_scale")
+    check_generator(generator)
+    ts = list(timesteps) if timesteps is not None else strided_timesteps(980, 20)
+    if ts and ts[-1] != -1:
+        ts.append(-1)  # the final step to the clean image
+
+    x = torch.randn(batch, 3, height, width, generator=generator)
+    upscaled = F.interpolate(low_res.float(), (height, width), mode="bilinear", align_corners=True)
+    noise = torch.randn(upscaled.shape, generator=generator)
+    upscaled = DDPMSchedule(cosine_betas(1000)).add_noise(upscaled, noise, noise_level)
+    den = cfg(IFUpscaleDenoiser(unet, upscaled, noise_level), prompt_embeds.float(), negative_embeds.float(),
+              guidance_scale)
+    x = iterative_denoise(den, x, stage2_schedule(), ts, generator=generator, progress=progress)
     return x.clamp(-1.0, 1.0)

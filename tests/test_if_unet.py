@@ -164,7 +164,7 @@ def test_unsupported_config_is_rejected():
     with pytest.raises(ValueError, match="CrossAttnDownBlock2D"):
         IFUNet.from_config({**config, "down_block_types": ["CrossAttnDownBlock2D"] * 4})
     with pytest.raises(ValueError, match="class_embed_type"):
-        IFUNet.from_config({**config, "class_embed_type": "timestep"})
+        IFUNet.from_config({**config, "class_embed_type": "projection"})
     with pytest.raises(ValueError, match="block_out_channels"):
         IFUNet.from_config({k: v for k, v in config.items() if k != "block_out_channels"})
     with pytest.raises(ValueError, match="encoder_hid_dim"):

@@ -1,1 +1,1 @@
-"""Networks: the DeepFloyd IF stage-1 UNet (``if_unet``) and the Part B MNIST UNets (``mnist``)."""
+"""Networks: the DeepFloyd IF UNets, stages 1 and 2 (``if_unet``) and the Part B MNIST UNets (``mnist``)."""

@@ -1,4 +1,4 @@
-"""The building blocks of the DeepFloyd IF stage-1 UNet (assembled in ``if_unet.py``).
+"""The building blocks of the DeepFloyd IF UNets, stages 1 and 2 (assembled in ``if_unet.py``).
 
 Attribute names follow diffusers' ``UNet2DConditionModel``, so that every parameter name
 equals its key in the released checkpoint. Shapes: images (B, C, H, W); the text tokens
@@ -55,7 +55,11 @@ def timestep_embedding(
 
 
 class TimestepMLP(nn.Module):
-    """Linear -> act -> Linear on the sinusoidal embedding (keys ``time_embedding.linear_1/2``)."""
+    """Linear -> act -> Linear on a sinusoidal embedding: (B, in_dim) -> (B, dim).
+
+    Keys ``time_embedding.linear_1/2`` for t, and ``class_embedding.linear_1/2`` for the
+    noise level of a stage-2 UNet's low-res image (same form, its own weights).
+    """
 
     def __init__(self, in_dim: int, dim: int, act: str):
         super().__init__()
@@ -215,9 +219,19 @@ class SimpleCrossAttention(nn.Module):
     h = GroupNorm(x) as N = H*W tokens of width C;  c = GroupNorm_text(encoder_hidden_states)
     K = [W_add_k c ; W_k h],  V = [W_add_v c ; W_v h]   (text tokens first)
     x + W_out softmax(W_q h K^T / sqrt(d)) V            (per head, through SDPA)
+    only_cross: K = W_add_k c, V = W_add_v c (the pixels attend to the text only; no W_k, W_v).
     """
 
-    def __init__(self, channels: int, context_dim: int, head_dim: int, groups: int, eps: float, norm_context: bool):
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        head_dim: int,
+        groups: int,
+        eps: float,
+        norm_context: bool,
+        only_cross: bool = False,
+    ):
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"attention width {channels} is not divisible by attention_head_dim {head_dim}")
@@ -226,8 +240,8 @@ class SimpleCrossAttention(nn.Module):
         # IF normalises the (already projected) text tokens over their channels, in 32 groups.
         self.norm_cross = nn.GroupNorm(32, context_dim, eps=1e-5) if norm_context else None
         self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
+        self.to_k = None if only_cross else nn.Linear(channels, channels)
+        self.to_v = None if only_cross else nn.Linear(channels, channels)
         self.add_k_proj = nn.Linear(context_dim, channels)
         self.add_v_proj = nn.Linear(context_dim, channels)
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
@@ -244,8 +258,10 @@ class SimpleCrossAttention(nn.Module):
         if self.norm_cross is not None:
             c = self.norm_cross(c.transpose(1, 2)).transpose(1, 2)
         q = self._split_heads(self.to_q(h))
-        k = self._split_heads(torch.cat([self.add_k_proj(c), self.to_k(h)], dim=1))
-        v = self._split_heads(torch.cat([self.add_v_proj(c), self.to_v(h)], dim=1))
+        k, v = self.add_k_proj(c), self.add_v_proj(c)  # (B, T, C)
+        if self.to_k is not None:  # the pixels are keys and values too, after the text tokens
+            k, v = torch.cat([k, self.to_k(h)], dim=1), torch.cat([v, self.to_v(h)], dim=1)
+        k, v = self._split_heads(k), self._split_heads(v)
         o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         o = self.to_out[0](o.transpose(1, 2).reshape(B, H * W, C))
         return x + o.transpose(1, 2).reshape(B, C, H, W)

@@ -1,4 +1,4 @@
-"""Loading an IF stage-1 UNet checkpoint: the folder, its config.json, its weights, the strict load.
+"""Loading an IF UNet checkpoint (stage 1 or 2): the folder, its config.json, its weights, the strict load.
 
 A checkpoint is a diffusers UNet folder (``unet/`` of DeepFloyd/IF-I-*-v1.0)::
 

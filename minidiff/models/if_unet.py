@@ -1,8 +1,16 @@
-"""The DeepFloyd IF stage-1 UNet, written out in plain PyTorch.
+"""The DeepFloyd IF UNets (stage 1 and stage 2), written out in plain PyTorch.
 
 IF stage 1 (DeepFloyd, 2023) turns a T5-XXL prompt embedding and a noisy 64x64 RGB image
 x_t into a prediction of the noise and of the variance, (B, 6, 64, 64): channels 0..2 are
 eps, channels 3..5 are the learned-range variance values (see ``minidiff.schedule``).
+
+IF stage 2 (IF-II-L, IF-II-M) is the same network with a few options set, and upscales
+64 -> 256: its input is x_t and the upscaled low-res image side by side (6 channels), and
+the low-res image's own noise level s (the "noise augmentation" applied to it) is one more
+input, embedded like t and added to emb:
+    emb = act(MLP_t(sinusoid(t)) + MLP_s(sinusoid(s)) + TextPooling(T5 tokens))
+Its ResNets multiply their output by 0.7071 (they divide by resnet_out_scale_factor and
+mid_block_scale_factor, both 1/0.7071), and emb is read as it is (resnet_skip_time_act).
 
 The network is a pixel-space UNet (Ho et al., 2020; Dhariwal & Nichol, 2021, "ADM"):
 
@@ -34,6 +42,8 @@ every parameter name equals its key in ``diffusion_pytorch_model.safetensors``: 
 
     unet = IFUNet.from_pretrained("path/to/IF-I-XL-v1.0/unet", dtype=torch.float16)
     out = unet(x_t, t, prompt_embeds)     # (B, 3, 64, 64), (B,), (B, 77, 4096) -> (B, 6, 64, 64)
+    unet2 = IFUNet.from_pretrained("path/to/IF-II-L-v1.0/unet", dtype=torch.float16)
+    out = unet2(x_t, t, prompt_embeds, noise_level)   # (B, 6, 256, 256), ..., (B,) -> (B, 6, 256, 256)
 """
 
 from __future__ import annotations
@@ -60,8 +70,8 @@ __all__ = ["IFUNet", "IFUNetConfig"]
 
 
 class IFUNet(nn.Module):
-    """DeepFloyd IF stage-1 UNet: (sample (B, C_in, H, W), timestep (B,), encoder_hidden_states (B, T, D))
-    -> (B, C_out, H, W)."""
+    """DeepFloyd IF UNet: (sample (B, C_in, H, W), timestep (B,), encoder_hidden_states (B, T, D)
+    [, noise_level (B,) for stage 2]) -> (B, C_out, H, W)."""
 
     def __init__(self, config: IFUNetConfig | Mapping[str, Any]):
         super().__init__()
@@ -75,13 +85,16 @@ class IFUNet(nn.Module):
 
         self.conv_in = nn.Conv2d(c.in_channels, ch[0], c.conv_in_kernel, padding=(c.conv_in_kernel - 1) // 2)
         self.time_embedding = TimestepMLP(ch[0], c.emb_dim, c.act_fn)
+        # stage 2: the low-res image's noise level, through the same sinusoid and its own MLP
+        self.class_embedding = TimestepMLP(ch[0], c.emb_dim, c.act_fn) if c.takes_noise_level else None
         text_proj = c.encoder_hid_dim_type == "text_proj"
         self.encoder_hid_proj = nn.Linear(c.encoder_hid_dim, c.cross_attention_dim) if text_proj else None
         pooled = c.addition_embed_type == "text"
         self.add_embedding = TextPooling(c.text_dim, c.emb_dim, c.addition_embed_type_num_heads) if pooled else None
 
         self.down_blocks = nn.ModuleList(self._down_block(i) for i in range(len(ch)))
-        self.mid_block = MidBlock(ch[-1], 1, self._resnet_kwargs(c.mid_block_scale_factor), self._attention_kwargs(-1))
+        mid_attention = self._attention_kwargs(-1, c.mid_block_only_cross_attention)
+        self.mid_block = MidBlock(ch[-1], 1, self._resnet_kwargs(c.mid_block_scale_factor), mid_attention)
         self.up_blocks = nn.ModuleList(self._up_block(i) for i in range(len(ch)))
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, ch[0], eps=c.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], c.out_channels, c.conv_out_kernel, padding=(c.conv_out_kernel - 1) // 2)
@@ -94,16 +107,17 @@ class IFUNet(nn.Module):
         return dict(emb_dim=c.emb_dim, groups=c.norm_num_groups, eps=c.norm_eps, act=c.act_fn,
                     scale_shift=scale_shift, output_scale=output_scale)
 
-    def _attention_kwargs(self, level: int) -> dict:
+    def _attention_kwargs(self, level: int, only_cross: bool) -> dict:
         c = self.config
         # The attention's own GroupNorm keeps eps=1e-5 whatever norm_eps says (as in diffusers).
         return dict(context_dim=c.cross_attention_dim, head_dim=c.attention_head_dim[level], groups=c.norm_num_groups,
-                    eps=1e-5, norm_context=c.cross_attention_norm == "group_norm")
+                    eps=1e-5, norm_context=c.cross_attention_norm == "group_norm", only_cross=only_cross)
 
     def _down_block(self, i: int) -> DownBlock:
         """Level i, from ch[i - 1] to ch[i] channels; every level but the lowest halves H and W."""
         c, ch = self.config, self.config.block_out_channels
-        attention = self._attention_kwargs(i) if DOWN_BLOCKS[c.down_block_types[i]] else None
+        has_attention = DOWN_BLOCKS[c.down_block_types[i]]
+        attention = self._attention_kwargs(i, c.only_cross_attention[i]) if has_attention else None
         return DownBlock(ch[max(i - 1, 0)], ch[i], c.layers_per_block[i], downsample=i < len(ch) - 1,
                          resnet=self._resnet_kwargs(c.resnet_out_scale_factor), attention=attention)
 
@@ -111,9 +125,10 @@ class IFUNet(nn.Module):
         """Up level i counts from the lowest resolution; it takes one skip more than its down level made."""
         c, rev = self.config, self.config.block_out_channels[::-1]
         n = len(rev)
-        # diffusers indexes attention_head_dim *unreversed* here; we keep that so that
-        # per-level head sizes build the same network as the checkpoint's.
-        attention = self._attention_kwargs(i) if UP_BLOCKS[c.up_block_types[i]] else None
+        # diffusers indexes attention_head_dim *unreversed* here (only_cross_attention reversed);
+        # we keep that so that per-level head sizes build the same network as the checkpoint's.
+        only_cross = c.only_cross_attention[::-1][i]
+        attention = self._attention_kwargs(i, only_cross) if UP_BLOCKS[c.up_block_types[i]] else None
         return UpBlock(in_ch=rev[min(i + 1, n - 1)], prev_ch=rev[max(i - 1, 0)], out_ch=rev[i],
                        layers=c.layers_per_block[::-1][i] + 1, upsample=i < n - 1,
                        resnet=self._resnet_kwargs(c.resnet_out_scale_factor), attention=attention)
@@ -136,11 +151,11 @@ class IFUNet(nn.Module):
     def from_pretrained(
         cls, path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> "IFUNet":
-        """Load a diffusers-format IF stage-1 UNet (see ``if_loading.load_pretrained``).
+        """Load a diffusers-format IF UNet, stage 1 or 2 (see ``if_loading.load_pretrained``).
 
         path: a folder with config.json and diffusion_pytorch_model[.fp16].safetensors (the
-        ``unet/`` folder of DeepFloyd/IF-I-*-v1.0, or the repo folder holding ``unet/``), or
-        a hub repo id such as "DeepFloyd/IF-I-XL-v1.0" (downloaded with ``minidiff.hub``).
+        ``unet/`` folder of DeepFloyd/IF-I-*-v1.0 or IF-II-*-v1.0, or the repo folder holding
+        ``unet/``), or a hub repo id such as "DeepFloyd/IF-I-XL-v1.0" (downloaded with ``minidiff.hub``).
         dtype: the parameter dtype (default: the file's; the fp16 file is preferred unless
         float32 is asked for). Returned in eval mode with gradients off.
         """
@@ -153,17 +168,23 @@ class IFUNet(nn.Module):
         return self.conv_in.weight.dtype
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int | float, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int | float,
+        encoder_hidden_states: torch.Tensor,
+        noise_level: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """sample (B, C_in, H, W), timestep scalar or (B,), encoder_hidden_states (B, T, D_text).
+        """sample (B, C_in, H, W), timestep scalar or (B,), encoder_hidden_states (B, T, D_text),
+        noise_level scalar or (B,) in [0, 999]: the low-res image's noise level (stage 2 only).
 
         Inputs are cast to the weights' dtype; the output (B, C_out, H, W) has that dtype.
         """
         t = self._check_inputs(sample, timestep, encoder_hidden_states)
+        s = self._check_noise_level(noise_level, sample)
         x, encoder_hidden_states = sample.to(self.dtype), encoder_hidden_states.to(self.dtype)
         if self.config.center_input_sample:
             x = 2 * x - 1.0
-        emb = self._embedding(t, encoder_hidden_states)  # (B, emb_dim), read by every ResNet
+        emb = self._embedding(t, encoder_hidden_states, s)  # (B, emb_dim), read by every ResNet
         if self.encoder_hid_proj is not None:
             encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)  # (B, T, cross_attention_dim)
 
@@ -177,11 +198,20 @@ class IFUNet(nn.Module):
             h = block(h, skips, emb, encoder_hidden_states)  # pops its skips from the end
         return self.conv_out(self.act(self.conv_norm_out(h))).contiguous()
 
-    def _embedding(self, t: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """emb = act(MLP(sinusoid(t)) + TextPooling(encoder_hidden_states)): (B,), (B, T, D) -> (B, emb_dim)."""
+    def _embedding(
+        self, t: torch.Tensor, encoder_hidden_states: torch.Tensor, noise_level: torch.Tensor | None
+    ) -> torch.Tensor:
+        """emb = act(MLP_t(sinusoid(t)) [+ MLP_s(sinusoid(noise_level))] + TextPooling(encoder_hidden_states)).
+
+        t (B,), encoder_hidden_states (B, T, D), noise_level (B,) or None -> (B, emb_dim).
+        """
         c = self.config
-        t_emb = timestep_embedding(t, self.conv_in.out_channels, c.flip_sin_to_cos, c.freq_shift)
+        width = self.conv_in.out_channels
+        t_emb = timestep_embedding(t, width, c.flip_sin_to_cos, c.freq_shift)
         emb = self.time_embedding(t_emb.to(self.dtype))
+        if self.class_embedding is not None:
+            s_emb = timestep_embedding(noise_level, width, c.flip_sin_to_cos, c.freq_shift)
+            emb = emb + self.class_embedding(s_emb.to(self.dtype))
         if self.add_embedding is not None:
             emb = emb + self.add_embedding(encoder_hidden_states)
         if self.emb_act is not None:
@@ -212,6 +242,30 @@ class IFUNet(nn.Module):
         if t.ndim != 1 or t.shape[0] not in (1, B):
             raise ValueError(f"timestep must be a scalar or a (B,) tensor with B={B}, got shape {tuple(t.shape)}")
         return t.expand(B)
+
+    def _check_noise_level(self, noise_level: Any, sample: torch.Tensor) -> torch.Tensor | None:
+        """ValueError unless a stage-2 UNet gets a noise level in [0, 999] (and stage 1 none); (B,) or None."""
+        B = sample.shape[0]
+        if not self.config.takes_noise_level:
+            if noise_level is not None:
+                raise ValueError(
+                    "noise_level is only taken by a stage-2 (super-resolution) UNet; this one is stage 1 "
+                    "(its config has no class_embed_type 'timestep'): call it as unet(x_t, t, text)"
+                )
+            return None
+        if noise_level is None:
+            raise ValueError(
+                "this stage-2 UNet needs noise_level, the noise level (0..999) of the upscaled low-res image: "
+                "unet(x_t, t, text, noise_level)"
+            )
+        s = torch.as_tensor(noise_level, device=sample.device)
+        if s.ndim == 0:
+            s = s[None]
+        if s.ndim != 1 or s.shape[0] not in (1, B):
+            raise ValueError(f"noise_level must be a scalar or a (B,) tensor with B={B}, got shape {tuple(s.shape)}")
+        if s.device.type != "meta" and bool((s < 0).any() or (s > 999).any()):
+            raise ValueError(f"noise_level must lie in [0, 999], got {s.tolist()}")
+        return s.expand(B)
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         """x in channels_last layout, and (once) every convolution weight too.

@@ -1,0 +1,96 @@
+"""IF stage-2 upscaling end to end on the tiny random stage-2 checkpoint (8x8 -> 16x16).
+
+tests/fixtures/if2_pipeline.safetensors holds the outputs of diffusers' IFSuperResolutionPipeline
+(schedulers as scripts/convert_if.py builds them) on tests/fixtures/if2_tiny, for the same
+embeddings, low-res images and generator seed (tools/make_if2_fixtures.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import minidiff
+from minidiff.if_pipeline import if_stage2
+from minidiff.models.if_unet import IFUNet
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# (name, timesteps, noise level, guidance scale, tolerance). From t = 990 the clean-image
+# estimate multiplies float32 rounding by 1/sqrt(ab_990) (about 150): there our own float32
+# and float64 runs already differ by 3e-4, so that run is held to 5e-4.
+RUNS = [
+    ("steps4", [900, 600, 300, 0], 250, 4.0, 1e-4),
+    ("default50", None, 100, 7.0, 1e-4),
+    ("steps4_from990", [990, 660, 330, 0], 250, 4.0, 5e-4),
+]
+
+
+@pytest.fixture(scope="module")
+def unet() -> IFUNet:
+    return IFUNet.from_pretrained(FIXTURES / "if2_tiny")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return load_file(str(FIXTURES / "if2_pipeline.safetensors"))
+
+
+def _upscale(unet, golden, **kwargs) -> torch.Tensor:
+    args = dict(height=16, width=16, generator=torch.Generator().manual_seed(7), progress=False)
+    args.update(kwargs)
+    return if_stage2(unet, golden["low_res"], golden["prompt_embeds"], golden["negative_embeds"], **args)
+
+
+@pytest.mark.parametrize("name, timesteps, level, scale, tol", RUNS)
+def test_matches_diffusers_super_resolution_pipeline(unet, golden, name, timesteps, level, scale, tol):
+    out = _upscale(unet, golden, timesteps=timesteps, noise_level=level, guidance_scale=scale)
+    ref = golden[f"out_{name}"]
+    assert out.shape == ref.shape == (2, 3, 16, 16) and out.dtype == torch.float32
+    assert (out - ref).abs().max().item() <= tol
+
+
+def test_noise_level_and_generator_change_the_image(unet, golden):
+    steps = [900, 600, 300, 0]
+    a = _upscale(unet, golden, timesteps=steps)
+    assert torch.equal(a, _upscale(unet, golden, timesteps=steps))
+    assert not torch.allclose(a, _upscale(unet, golden, timesteps=steps, noise_level=0))
+    assert not torch.allclose(a, _upscale(unet, golden, timesteps=steps, generator=torch.Generator().manual_seed(8)))
+
+
+def test_if_stage2_is_exported_at_the_top_level():
+    assert minidiff.if_stage2 is if_stage2
+
+
+def test_stage1_unet_is_refused(golden):
+    stage1 = IFUNet.from_pretrained(FIXTURES / "if_tiny")
+    with pytest.raises(ValueError, match="stage-2"):
+        if_stage2(stage1, golden["low_res"], torch.randn(2, 7, 64), torch.randn(1, 7, 64), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(noise_level=1000), r"noise_level must lie in \[0, 999\]"),
+        (dict(noise_level=-1), "noise_level"),
+        (dict(noise_level=2.5), "noise_level"),
+        (dict(height=18), "multiples of 4"),
+        (dict(guidance_scale=float("nan")), "finite"),
+    ],
+)
+def test_bad_arguments_are_refused(unet, golden, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _upscale(unet, golden, timesteps=[900, 0], **kwargs)
+
+
+def test_low_res_must_match_the_prompts(unet, golden):
+    emb, neg = golden["prompt_embeds"], golden["negative_embeds"]
+    with pytest.raises(ValueError, match="low_res has batch 1"):
+        if_stage2(unet, golden["low_res"][:1], emb, neg, height=16, width=16, progress=False)
+    with pytest.raises(ValueError, match="low_res"):
+        if_stage2(unet, golden["low_res"][:, :1], emb, neg, height=16, width=16, progress=False)
+    with pytest.raises(ValueError, match="low_res"):
+        if_stage2(unet, golden["low_res"] * float("nan"), emb, neg, height=16, width=16, progress=False)
