@@ -4,7 +4,7 @@
     minidiff lesson <id> --out DIR [--quick]  run one lesson (or ``all``) and write its figures
     minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz
     minidiff train <recipe> [...]             train a Part B model
-    minidiff fetch if-i-xl|if-i-l|if-i-m      download IF stage-1 weights (licence + token)
+    minidiff fetch if-i-xl|...|if-ii-l        download IF stage-1 or stage-2 weights (licence + token)
     minidiff embed "a prompt" ...             encode prompts with T5 and cache them
 
 Each subcommand is a thin shell around a library function; the heavy imports happen only
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated epochs (1..epochs) to keep a snapshot of, e.g. 1,5; '' for none")
     q.set_defaults(func=_train)
 
-    q = sub.add_parser("fetch", help="download DeepFloyd IF stage-1 weights (needs the licence accepted and a token)")
-    q.add_argument("name", help="if-i-xl | if-i-l | if-i-m | t5")
+    q = sub.add_parser("fetch", help="download DeepFloyd IF weights (needs the licence accepted and a token)")
+    q.add_argument("name", help="if-i-xl | if-i-l | if-i-m (stage I) | if-ii-l | if-ii-m (stage II) | t5")
     q.add_argument("--t5", action="store_true", help="also fetch the T5-XXL encoder (about 9 GB in fp16)")
     q.add_argument("--cache-dir", default=None)
     q.set_defaults(func=_fetch)

@@ -1,16 +1,17 @@
-"""Fetching the DeepFloyd IF stage-1 weights from the Hugging Face hub.
+"""Fetching the DeepFloyd IF weights (stage I and stage II UNets, T5) from the Hugging Face hub.
 
 The IF checkpoints on the Hugging Face hub are gated: accept the licence on the model page
 while logged in, then give huggingface_hub a read token (``HF_TOKEN=...`` in the
 environment, or ``hf auth login`` once). Files land in the standard hub cache
 (``HF_HOME`` / ``HF_HUB_CACHE``), so diffusers and minidiff share one copy.
 
-Only what stage 1 needs is downloaded:
+Only what sampling needs is downloaded:
 
-    unet/config.json + unet/diffusion_pytorch_model.fp16.safetensors   (XL: 8.6 GB)
+    unet/config.json + unet/diffusion_pytorch_model.fp16.safetensors   (I-XL: 8.6 GB, II-L: 2.5 GB)
     text_encoder/ (fp16 T5-XXL encoder, ~9.5 GB) + tokenizer/           (only when asked)
 
-    minidiff fetch if-i-xl [--t5] [--cache-dir DIR]
+    minidiff fetch if-i-xl [--t5] [--cache-dir DIR]      stage I (if-i-l, if-i-m smaller)
+    minidiff fetch if-ii-l [--cache-dir DIR]             stage II, 64 -> 256 (if-ii-m smaller)
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ REPOS = {
     "if-i-xl": "DeepFloyd/IF-I-XL-v1.0",
     "if-i-l": "DeepFloyd/IF-I-L-v1.0",
     "if-i-m": "DeepFloyd/IF-I-M-v1.0",
+    "if-ii-l": "DeepFloyd/IF-II-L-v1.0",  # stage II, 64 -> 256 (1.2B parameters)
+    "if-ii-m": "DeepFloyd/IF-II-M-v1.0",
 }
+STAGE_OF = {name: 2 if name.startswith("if-ii-") else 1 for name in REPOS}
 # Every stage-1 repo ships the same T5-XXL encoder; the XL one is the canonical source.
 T5_REPO = REPOS["if-i-xl"]
 
@@ -117,7 +121,7 @@ def download_unet(repo_id: str = REPOS["if-i-xl"], cache_dir: str | os.PathLike 
     repo_id = REPOS.get(repo_id.lower(), repo_id)
     folder = _snapshot(repo_id, UNET_FILES, cache_dir) / "unet"
     if not (folder / "config.json").is_file():
-        raise HubAccessError(f"{repo_id} has no unet/config.json; is it an IF stage-1 repo (e.g. {REPOS['if-i-xl']})?")
+        raise HubAccessError(f"{repo_id} has no unet/config.json; is it a DeepFloyd IF repo (e.g. {REPOS['if-i-xl']})?")
     return folder
 
 
@@ -137,7 +141,7 @@ def cli_fetch(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown model {args.name!r}; choose one of {', '.join(REPOS)} or t5")
     if name != "t5":
         repo = REPOS.get(name, args.name)
-        print(f"fetching the stage-1 UNet of {repo} (config + fp16 weights) ...")
+        print(f"fetching the stage-{STAGE_OF.get(name, 1)} UNet of {repo} (config + fp16 weights) ...")
         print(f"UNet ready: {download_unet(repo, args.cache_dir)}")
     if name == "t5" or getattr(args, "t5", False):
         print(f"fetching the T5-XXL encoder and tokenizer of {T5_REPO} (fp16, about 9.5 GB) ...")
@@ -145,18 +149,25 @@ def cli_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_if_unet() -> Path | None:
-    """A local IF stage-1 UNet folder: $MINIDIFF_IF_UNET, else the hub cache (no download)."""
-    env = os.environ.get("MINIDIFF_IF_UNET")
+def find_if_unet(stage: int = 1) -> Path | None:
+    """A local IF UNet folder of the given stage (1: 64 x 64, 2: 64 -> 256), without downloading.
+
+    $MINIDIFF_IF_UNET (stage 1) or $MINIDIFF_IF2_UNET (stage 2), else the hub cache after
+    ``minidiff fetch if-i-xl`` / ``if-ii-l``; None when neither has it.
+    """
+    variable = "MINIDIFF_IF_UNET" if stage == 1 else "MINIDIFF_IF2_UNET"
+    env = os.environ.get(variable)
     if env:
         folder = Path(env).expanduser()
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"MINIDIFF_IF_UNET={env} holds no config.json; point it at IF's unet/ folder")
+            raise FileNotFoundError(f"{variable}={env} holds no config.json; point it at IF's unet/ folder")
         return folder
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        for repo in REPOS.values():
+        for name, repo in REPOS.items():
+            if STAGE_OF[name] != stage:
+                continue
             cfg = try_to_load_from_cache(repo, "unet/config.json")
             weights = try_to_load_from_cache(repo, "unet/diffusion_pytorch_model.fp16.safetensors")
             if isinstance(cfg, str) and isinstance(weights, str):

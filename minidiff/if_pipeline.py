@@ -130,6 +130,9 @@ def if_stage1(
     # Every argument is checked here, before the first (slow) UNet call.
     if not isinstance(unet, torch.nn.Module):
         raise ValueError(f"unet must be an IFUNet (torch.nn.Module), got {type(unet).__name__}")
+    if getattr(getattr(unet, "config", None), "takes_noise_level", False):
+        raise ValueError("unet is an IF stage-2 (super-resolution) UNet; if_stage1 needs a stage-1 one "
+                         "(IF-I-XL/L/M), and minidiff.if_stage2 takes this one")
     prompt_embeds, negative_embeds = _check_embeds(prompt_embeds, negative_embeds)
     batch = prompt_embeds.shape[0]
     guidance_scale = real_number(guidance_scale, "guidance_scale")

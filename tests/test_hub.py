@@ -123,6 +123,36 @@ def test_unknown_model_name_is_a_value_error():
         hub.cli_fetch(argparse.Namespace(name="if-ii-xl", t5=False, cache_dir=None))
 
 
+@pytest.mark.parametrize("name, repo", [("if-ii-l", "DeepFloyd/IF-II-L-v1.0"), ("if-ii-m", "DeepFloyd/IF-II-M-v1.0")])
+def test_fetch_stage_two_asks_only_for_its_unet(name, repo, monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, cache_dir=None, **kwargs):
+        calls.append((repo_id, allow_patterns))
+        (tmp_path / "unet").mkdir(exist_ok=True)
+        (tmp_path / "unet" / "config.json").write_text("{}")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert hub.cli_fetch(argparse.Namespace(name=name, t5=False, cache_dir=None)) == 0
+    assert calls == [(repo, ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"])]
+    assert "stage-2 UNet" in capsys.readouterr().out
+
+
+def test_find_if_unet_keeps_the_stages_apart(monkeypatch, tmp_path):
+    """$MINIDIFF_IF_UNET names stage I and $MINIDIFF_IF2_UNET stage II; neither stands in for the other."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    monkeypatch.setenv("MINIDIFF_IF_UNET", str(one))
+    monkeypatch.setenv("MINIDIFF_IF2_UNET", str(two))
+    assert hub.find_if_unet() == one and hub.find_if_unet(stage=2) == two
+    monkeypatch.setenv("MINIDIFF_IF2_UNET", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="MINIDIFF_IF2_UNET"):
+        hub.find_if_unet(stage=2)
+
+
 def test_shipped_weights_dir_follows_the_environment(monkeypatch, tmp_path):
     from minidiff.paths import weights_dir
 

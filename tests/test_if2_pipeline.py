@@ -71,6 +71,13 @@ def test_stage1_unet_is_refused(golden):
         if_stage2(stage1, golden["low_res"], torch.randn(2, 7, 64), torch.randn(1, 7, 64), progress=False)
 
 
+def test_stage2_unet_is_refused_by_stage1(unet):
+    """if_stage1 names the mix-up before its first UNet call, instead of failing inside it."""
+    embeds = torch.randn(1, 7, unet.config.encoder_hid_dim)
+    with pytest.raises(ValueError, match="stage-2 .*if_stage2"):
+        minidiff.if_stage1(unet, embeds, embeds, height=16, width=16, progress=False)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
