@@ -7,7 +7,12 @@ asking the model for eps and moving to the next timestep with classifier-free gu
     eps = eps_u + s (eps_c - eps_u),    x_{t'} = DDPM step(x_t, eps, t -> t')
 
 Fewer steps (a bigger stride) is faster and rougher; more steps is slower and finer.
+
+With IF stage II on this machine, the last row is also upscaled 64 -> 256 (IF's cascade:
+stage II denoises a 256 x 256 image while seeing the 64 x 64 one and the prompt).
 """
+
+import torch
 
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.guidance import cfg
@@ -36,6 +41,13 @@ def run(ctx: LessonContext) -> None:
         labels.append(f"{len(ts) - 1} steps")
     ctx.save_rows("samples_by_steps.png", rows, titles, labels, a.value_range,
                   suptitle=f"{a.name}: the same noise, guided by each prompt (scale {a.guidance_scale})")
+    if a.upscale is not None:
+        conds = torch.cat([a.cond(p, d) for p, d in prompts])
+        big = a.upscale(torch.cat(row), conds, a.uncond(), generator=ctx.generator(200))
+        ctx.save_rows("samples_64_256.png", [row, list(big)], titles[-1:] * 2,
+                      ["64 x 64 (stage I)", "256 x 256 (stage II)"], a.value_range, cell=2.8,
+                      suptitle=f"{labels[-1]} at stage I, then upscaled by stage II")
+        ctx.save_grid("samples_256.png", big, nrow=len(prompts), value_range=a.value_range)  # at full size
 
 
 if __name__ == "__main__":

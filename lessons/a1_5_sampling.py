@@ -2,7 +2,8 @@
 
 Start from x = N(0, I) at the first timestep and denoise all the way. With the
 conditional model alone ("a high quality photo", or a digit class), samples are valid
-but often dull or broken; lesson A1.6 fixes that with guidance.
+but often dull or broken; lesson A1.6 fixes that with guidance. With IF stage II on
+this machine, the samples are also shown upscaled to 256 x 256.
 """
 
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
@@ -18,6 +19,11 @@ def run(ctx: LessonContext) -> None:
     label = a.label(IF_PROMPTS["photo"], 3)
     ctx.save_rows("samples.png", [list(x)], [[f"sample {i + 1}" for i in range(n)]], value_range=a.value_range,
                   suptitle=f"no guidance: '{label}'")
+    if a.upscale is not None:
+        cond = a.cond(IF_PROMPTS["photo"], 3)
+        big = a.upscale(x, cond.expand(n, *cond.shape[1:]), a.uncond(), generator=ctx.generator(2))
+        ctx.save_rows("samples_256.png", [list(big)], [[f"sample {i + 1}" for i in range(n)]],
+                      value_range=a.value_range, suptitle=f"upscaled to 256 x 256 by stage II: '{label}'", cell=2.8)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Run the model twice, with the prompt and with the empty prompt, and extrapolate:
 
 s = 1 is the plain conditional model; s > 1 pushes samples towards what makes them
 match the prompt, trading diversity for quality. Both passes go through the network as
-one batch.
+one batch. With IF stage II on this machine, the guided row is also upscaled to 256 x 256.
 """
 
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
@@ -29,6 +29,10 @@ def run(ctx: LessonContext) -> None:
         labels.append(f"scale {scale:g}")
     ctx.save_rows("cfg.png", rows, None, labels, a.value_range,
                   suptitle=f"'{a.label(IF_PROMPTS['photo'], 3)}', same noise per column")
+    if a.upscale is not None:
+        big = a.upscale(x, cond.expand(n, *cond.shape[1:]), a.uncond(), generator=ctx.generator(2))
+        ctx.save_rows("cfg_256.png", [list(big)], None, [labels[-1]], a.value_range, cell=2.8,
+                      suptitle="the guided samples upscaled to 256 x 256 by stage II")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ flip that prediction back, and average:
 
 Any orthogonal view works (flips, rotations, negation, pixel permutations): the
 "other views" figure uses a quarter turn, negation and a jigsaw.
+
+With IF stage II on this machine, each anagram is also upscaled to 256 x 256 with the
+same rule at stage II (each view applied to x_t and to the 64 x 64 image it sees), so
+the illusion holds at full size.
 """
 
 import torch
@@ -23,6 +27,13 @@ def make(ctx: LessonContext, a, view, first, second, seed: int) -> torch.Tensor:
     return iterative_denoise(den, a.noise(1, ctx.generator(seed)), a.schedule, a.timesteps,
                              generator=ctx.generator(seed + 1), progress=ctx.progress)
 
+
+def upscale(ctx: LessonContext, a, view, first, second, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """The anagram x at 256 x 256 by IF stage II, guided by the anagram rule with the same views and prompts."""
+    conds = torch.cat([a.cond(*first), a.cond(*second)])
+    return a.upscale(x, conds, a.uncond(), views=[get_view("identity"), view], generator=ctx.generator(seed + 2))
+
+
 OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
@@ -34,23 +45,35 @@ def run(ctx: LessonContext) -> None:
         pairs += [((IF_PROMPTS["skull"], 3), (IF_PROMPTS["waterfalls"], 1)),
                   ((IF_PROMPTS["dog"], 2), (IF_PROMPTS["man"], 5))]
     flip = get_view("flip")
-    rows, titles = [], []
+    rows, titles, big_rows = [], [], []
     for k, (first, second) in enumerate(pairs):
         x = make(ctx, a, flip, first, second, 10 * k)
         rows.append([x, flip(x)])
         titles.append([a.label(*first), f"flipped: {a.label(*second)}"])
+        if a.upscale is not None:
+            big = upscale(ctx, a, flip, first, second, x, 10 * k)
+            big_rows.append([big, flip(big)])
     ctx.save_rows("anagrams_flip.png", rows, titles, value_range=a.value_range, cell=2.2)
+    if big_rows:
+        ctx.save_rows("anagrams_flip_256.png", big_rows, titles, value_range=a.value_range, cell=2.8,
+                      suptitle="upscaled to 256 x 256 by stage II, with the same views")
 
     others = [] if ctx.quick else ["rot90", "negate", "jigsaw"]
-    rows, titles = [], []
+    rows, titles, big_rows = [], [], []
     for k, name in enumerate(others):
         view = get_view(name, **({"pieces": 4} if name == "jigsaw" else {}))
         first, second = pairs[0]
         x = make(ctx, a, view, first, second, 100 + 10 * k)
         rows.append([x, view(x)])
         titles.append([a.label(*first), f"{name}: {a.label(*second)}"])
+        if a.upscale is not None:
+            big = upscale(ctx, a, view, first, second, x, 100 + 10 * k)
+            big_rows.append([big, view(big)])
     if rows:
         ctx.save_rows("anagrams_other_views.png", rows, titles, value_range=a.value_range, cell=2.2)
+    if big_rows:
+        ctx.save_rows("anagrams_other_views_256.png", big_rows, titles, value_range=a.value_range, cell=2.8,
+                      suptitle="upscaled to 256 x 256 by stage II, with the same views")
 
 
 if __name__ == "__main__":

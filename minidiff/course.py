@@ -142,6 +142,7 @@ class PartA:
     ``cond(prompt, digit)`` gives the condition for a prompt (IF) or digit class (MNIST).
     Timesteps: the course's strided list for IF (990, 960, ..., 0); for MNIST's T = 300
     the same 30-step stride pattern scaled to [290, 280, ..., 0].
+    ``upscale``: IF stage 2, 64 -> 256 (minidiff.if_cascade), when its weights are here; else None.
     """
 
     name: str
@@ -155,6 +156,7 @@ class PartA:
     device: str = "cpu"
     hybrid_kernel: tuple[int, float] = (33, 2.0)
     user_image: torch.Tensor | None = None  # --image, in this model's range and shape
+    upscale: Callable[..., torch.Tensor] | None = None
 
     @property
     def is_if(self) -> bool:
@@ -233,12 +235,17 @@ _IF_HOWTO = (
 
 
 def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
+    from minidiff.hub import find_if_unet
+    from minidiff.if_cascade import Stage2Upscaler
     from minidiff.if_pipeline import GUIDANCE_SCALE, IFDenoiser
     from minidiff.models.if_unet import IFUNet
     from minidiff.text import prompt_embeddings
 
     dtype = torch.float16 if ctx.device.startswith("cuda") else torch.float32
     unet = IFUNet.from_pretrained(folder, dtype=dtype, device=ctx.device)
+    folder2 = find_if_unet(stage=2)
+    if folder2 is None:
+        ctx.say_once("IF stage II not found: images stay 64 x 64 ('minidiff fetch if-ii-l' for 256 x 256).")
     return PartA(
         name="if",
         model=IFDenoiser(unet),
@@ -250,6 +257,7 @@ def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
         guidance_scale=GUIDANCE_SCALE,
         encode=lambda prompts: prompt_embeddings(list(prompts), device="cpu"),
         device=ctx.device,
+        upscale=Stage2Upscaler(folder2, unet, ctx.device, ctx.quick, ctx.progress) if folder2 else None,
     )
 
 

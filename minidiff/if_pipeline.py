@@ -26,6 +26,10 @@ low-res inputs and is told how noisy), and every UNet call sees it beside x_t:
     for t in [980, 960, ..., 20, 0], then t' = -1 (the clean image):
         eps, v = CFG (scale 4) of UNet([x_t, up], t, text, s)
         x_t' = DDPM step, x0_hat dynamically thresholded (ratio 0.95, max 1.0)
+
+With ``views`` (visual anagrams, minidiff.guidance.anagram), stage 2 keeps the illusion:
+each view V_k is applied to x_t and to the upscaled image alike, the UNet is guided with
+prompt k on that pair, and the predictions are mapped back with V_k^-1 and averaged.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ import torch.nn.functional as F
 
 from minidiff.betas import cosine_betas
 from minidiff.checks import finite_tensor, image_batch, integer, real_number
-from minidiff.guidance import cfg
+from minidiff.guidance import anagram, cfg
 from minidiff.samplers import Callback, check_generator, iterative_denoise
 from minidiff.schedule import DDPMSchedule, strided_timesteps
+from minidiff.views import View, get_view
 
 __all__ = [
     "IFDenoiser",
@@ -228,6 +233,7 @@ def if_stage2(
     width: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    views: Sequence[View | str] | None = None,
 ) -> torch.Tensor:
     """Upscale stage-1 images (B, 3, h, w) in [-1, 1] to (B, 3, height, width) with IF stage 2.
 
@@ -237,10 +243,18 @@ def if_stage2(
     image follows. Default: diffusers' 50 steps [980, 960, ..., 20, 0].
     The random draws (x_T, the low-res noise, each step's noise) come from ``generator`` in
     the order diffusers' IFSuperResolutionPipeline draws them.
+    views: visual anagrams (e.g. ["identity", "flip"]): prompt_embeds then holds one prompt
+    per view, (N, 77, D), for every image of low_res, and the views act on x_t and on the
+    upscaled low_res together (see the module docstring).
     Returns float32 images (B, 3, height, width) clipped to [-1, 1].
     """
     prompt_embeds, negative_embeds = _check_embeds(prompt_embeds, negative_embeds)
     batch = prompt_embeds.shape[0]
+    if views is not None:
+        views = [get_view(v) if isinstance(v, str) else v for v in views]
+        if len(views) != batch:
+            raise ValueError(f"views: one prompt embedding per view, got {len(views)} views and {batch} prompts")
+        batch = low_res.shape[0] if isinstance(low_res, torch.Tensor) and low_res.ndim == 4 else batch
     noise_level, height, width = _check_stage2_args(unet, low_res, batch, noise_level, (height, width))
     guidance_scale = real_number(guidance_scale, "guidance_scale")
     check_generator(generator)
@@ -252,7 +266,11 @@ def if_stage2(
     upscaled = F.interpolate(low_res.float(), (height, width), mode="bilinear", align_corners=True)
     noise = torch.randn(upscaled.shape, generator=generator)
     upscaled = DDPMSchedule(cosine_betas(1000)).add_noise(upscaled, noise, noise_level)
-    den = cfg(IFUpscaleDenoiser(unet, upscaled, noise_level), prompt_embeds.float(), negative_embeds.float(),
-              guidance_scale)
+    if views is None:
+        den = cfg(IFUpscaleDenoiser(unet, upscaled, noise_level), prompt_embeds.float(), negative_embeds.float(),
+                  guidance_scale)
+    else:  # the anagram's batch is [V_1(x), ..., V_N(x)] twice (cond, uncond): view the upscaled image so too
+        model = IFUpscaleDenoiser(unet, torch.cat([v.view(upscaled) for v in views]), noise_level)
+        den = anagram(model, list(zip(views, prompt_embeds.float().split(1))), negative_embeds.float(), guidance_scale)
     x = iterative_denoise(den, x, stage2_schedule(), ts, generator=generator, progress=progress)
     return x.clamp(-1.0, 1.0)

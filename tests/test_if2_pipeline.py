@@ -101,3 +101,33 @@ def test_low_res_must_match_the_prompts(unet, golden):
         if_stage2(unet, golden["low_res"][:, :1], emb, neg, height=16, width=16, progress=False)
     with pytest.raises(ValueError, match="low_res"):
         if_stage2(unet, golden["low_res"] * float("nan"), emb, neg, height=16, width=16, progress=False)
+
+
+
+def _views_run(unet, golden, embeds, views, low_res=None):
+    low_res = golden["low_res"] if low_res is None else low_res
+    return if_stage2(unet, low_res, embeds, golden["negative_embeds"], timesteps=[900, 600, 300, 0], height=16,
+                     width=16, generator=torch.Generator().manual_seed(7), progress=False, views=views)
+
+
+def test_views_with_identity_twice_is_plain_guidance(unet, golden):
+    """Anagrams at stage 2 average the views' guided predictions: two identity views with one
+    prompt give the plain upscale, for every image of low_res."""
+    emb = golden["prompt_embeds"][:1]
+    plain = _views_run(unet, golden, emb.expand(2, -1, -1), None)
+    two = _views_run(unet, golden, torch.cat([emb, emb]), ["identity", "identity"])
+    assert two.shape == plain.shape == (2, 3, 16, 16)
+    assert (two - plain).abs().max().item() <= 1e-4
+
+
+def test_a_flip_view_changes_the_upscale(unet, golden):
+    emb = golden["prompt_embeds"][:1]
+    plain = _views_run(unet, golden, emb, None, golden["low_res"][:1])
+    flipped = _views_run(unet, golden, emb, ["flip"], golden["low_res"][:1])
+    assert flipped.shape == plain.shape == (1, 3, 16, 16) and torch.isfinite(flipped).all()
+    assert not torch.allclose(flipped, plain, atol=1e-3)
+
+
+def test_views_need_one_prompt_each(unet, golden):
+    with pytest.raises(ValueError, match="one prompt embedding per view"):
+        _views_run(unet, golden, golden["prompt_embeds"][:1], ["identity", "flip"])
