@@ -407,10 +407,9 @@ def save_epoch_rows(
     for epoch, folder in run_epochs(run_dir).items():
         model = load_mnist_model(folder, device=ctx.device)
         x = sample(model).cpu()
-        for r in range(rows_per_epoch):
-            rows.append(list(x[10 * r : 10 * (r + 1)]))
-            label = f"epoch {epoch}" if r == 0 else ""
-            row_labels.append(f"{label}\n{judge_says(x, labels)}" if labels is not None and r == 0 else label)
+        rows += [list(x[10 * r : 10 * (r + 1)]) for r in range(rows_per_epoch)]
+        judged = f"\n{judge_says(x, labels)}" if labels is not None else ""  # only digits asked for as a class
+        row_labels += [f"epoch {epoch}{judged}"] + [""] * (rows_per_epoch - 1)
     titles = [[str(d) for d in range(10)]] + [[] for _ in rows[1:]] if labels is not None else None
     ctx.save_rows(name, rows, titles, row_labels, value_range=(0.0, 1.0), cell=1.5 if labels is not None else 1.2,
                   suptitle=suptitle)
