@@ -6,7 +6,7 @@ but often dull or broken; lesson A1.6 fixes that with guidance. With IF stage II
 this machine, the samples are also shown upscaled to 256 x 256.
 """
 
-from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.course import IF_PROMPTS, LessonContext, part_a, save_upscaled
 from minidiff.samplers import iterative_denoise
 
 
@@ -19,11 +19,8 @@ def run(ctx: LessonContext) -> None:
     label = a.label(IF_PROMPTS["photo"], 3)
     ctx.save_rows("samples.png", [list(x)], [[f"sample {i + 1}" for i in range(n)]], value_range=a.value_range,
                   suptitle=f"no guidance: '{label}'")
-    if a.upscale is not None:
-        cond = a.cond(IF_PROMPTS["photo"], 3)
-        big = a.upscale(x, cond.expand(n, *cond.shape[1:]), a.uncond(), generator=ctx.generator(2))
-        ctx.save_rows("samples_256.png", [list(big)], [[f"sample {i + 1}" for i in range(n)]],
-                      value_range=a.value_range, suptitle=f"upscaled to 256 x 256 by stage II: '{label}'", cell=2.8)
+    save_upscaled(ctx, a, "samples_256.png", x, a.cond(IF_PROMPTS["photo"], 3),
+                  [f"sample {i + 1}" for i in range(n)], f"no guidance: '{label}'", seed=2)
 
 
 if __name__ == "__main__":

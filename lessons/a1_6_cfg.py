@@ -9,7 +9,7 @@ match the prompt, trading diversity for quality. Both passes go through the netw
 one batch. With IF stage II on this machine, the guided row is also upscaled to 256 x 256.
 """
 
-from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.course import IF_PROMPTS, LessonContext, part_a, save_upscaled
 from minidiff.guidance import cfg
 from minidiff.samplers import iterative_denoise
 
@@ -29,10 +29,8 @@ def run(ctx: LessonContext) -> None:
         labels.append(f"scale {scale:g}")
     ctx.save_rows("cfg.png", rows, None, labels, a.value_range,
                   suptitle=f"'{a.label(IF_PROMPTS['photo'], 3)}', same noise per column")
-    if a.upscale is not None:
-        big = a.upscale(x, cond.expand(n, *cond.shape[1:]), a.uncond(), generator=ctx.generator(2))
-        ctx.save_rows("cfg_256.png", [list(big)], None, [labels[-1]], a.value_range, cell=2.8,
-                      suptitle="the guided samples upscaled to 256 x 256 by stage II")
+    save_upscaled(ctx, a, "cfg_256.png", x, cond, [f"sample {i + 1}" for i in range(n)],
+                  f"guided, {labels[-1]}", seed=2)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ The same SDEdit as A1.7, now on images that are not photos of the model's world:
 picture from the web (any file with --image; by default a picture that ships with
 matplotlib) and a hand-drawn sketch. Noising washes out what is "wrong" about them;
 denoising fills in what the model believes belongs there.
+
+With IF stage II on this machine, the results are also shown upscaled to 256 x 256.
 """
 
 import matplotlib.cbook
+import torch
 
-from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
+from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, save_upscaled, sdedit_levels
 from minidiff.data import load_image, sketch
 from minidiff.guidance import cfg
 
@@ -27,6 +30,8 @@ def run(ctx: LessonContext) -> None:
     for name, image in images.items():
         row, titles = sdedit_levels(ctx, a, image, den, i_starts)
         ctx.save_rows(f"sdedit_{name}.png", [row], [titles], value_range=a.value_range, cell=1.8)
+        save_upscaled(ctx, a, f"sdedit_{name}_256.png", torch.cat(row[:-1]), a.cond(IF_PROMPTS["photo"], None),
+                      titles[:-1], f"SDEdit of the {name} image", seed=100)
 
 
 if __name__ == "__main__":

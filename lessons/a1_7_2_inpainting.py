@@ -4,11 +4,13 @@ Denoise from pure noise as usual, but after every step put the known pixels back
 noised to the current timestep, so the model must fill the hole to agree with them:
 
     x_{t'} <- m * x_{t'} + (1 - m) * add_noise(x_orig, eps, t')      (m = 1: regenerate)
+
+With IF stage II on this machine, the results are also shown upscaled to 256 x 256.
 """
 
 import torch
 
-from minidiff.course import IF_PROMPTS, LessonContext, part_a
+from minidiff.course import IF_PROMPTS, LessonContext, part_a, save_upscaled
 from minidiff.edit import inpaint
 from minidiff.guidance import cfg
 
@@ -37,6 +39,8 @@ def run(ctx: LessonContext) -> None:
         [["original", "mask", "to replace"] + [f"inpainted {k + 1}" for k in range(n)]],
         value_range=a.value_range, cell=1.8,
     )
+    save_upscaled(ctx, a, "inpainting_256.png", torch.cat(results), a.cond(IF_PROMPTS["photo"], None),
+                  [f"inpainted {k + 1}" for k in range(n)], "inpainting", seed=100)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ SDEdit again, but guided towards a different prompt ("a rocket ship"; on MNIST a
 digit): with much noise the result follows the prompt, with little it keeps the image.
 
     x = iterative_denoise(cfg(model, cond_new, uncond, s), add_noise(x_orig, eps, t_{i_start}))
+
+With IF stage II on this machine, the results are also shown upscaled to 256 x 256.
 """
 
-from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, sdedit_levels
+import torch
+
+from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, save_upscaled, sdedit_levels
 from minidiff.guidance import cfg
 
 OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
@@ -21,6 +25,8 @@ def run(ctx: LessonContext) -> None:
     row, titles = sdedit_levels(ctx, a, image, den, i_starts)
     ctx.save_rows("text_i2i.png", [row], [titles], value_range=a.value_range, cell=1.8,
                   suptitle=f"towards '{a.label(*target)}'")
+    save_upscaled(ctx, a, "text_i2i_256.png", torch.cat(row[:-1]), a.cond(*target), titles[:-1],
+                  f"towards '{a.label(*target)}'", seed=100)
 
 
 if __name__ == "__main__":

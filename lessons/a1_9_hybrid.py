@@ -6,9 +6,12 @@ frequencies for prompt B,
 
     eps = low_pass(eps_A) + high_pass(eps_B),     Gaussian kernel 33, sigma 2 for IF
 
-The second figure shows each result small (the low-pass reading) and large.
+The figure shows each result large (the close reading) and small (the far one). With IF
+stage II on this machine, each hybrid is also upscaled to 256 x 256 with the same rule at
+stage II (the Gaussian widened 4x), so the two readings hold at full size.
 """
 
+import torch
 import torch.nn.functional as F
 
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
@@ -24,18 +27,29 @@ def run(ctx: LessonContext) -> None:
     if not ctx.quick:
         pairs += [((IF_PROMPTS["old_man"], 8), (IF_PROMPTS["campfire"], 4))]
     kernel, sigma = a.hybrid_kernel
-    rows, titles = [], []
+    rows, titles, big_rows = [], [], []
     for k, (low, high) in enumerate(pairs):
         den = hybrid(a.model, a.cond(*low), a.cond(*high), a.uncond(), a.guidance_scale,
                      kernel_size=kernel, sigma=sigma)
         x = iterative_denoise(den, a.noise(1, ctx.generator(10 * k)), a.schedule, a.timesteps,
                               generator=ctx.generator(10 * k + 1), progress=ctx.progress)
-        h = x.shape[-1]
-        small = F.interpolate(F.interpolate(x, scale_factor=0.25, mode="area"), size=(h, h), mode="nearest")
-        rows.append([x, small])
+        rows.append([x, from_afar(x, 4)])
         titles.append([f"up close: {a.label(*high)}", f"from afar: {a.label(*low)}"])
+        if a.upscale is not None:
+            big = a.upscale(x, torch.cat([a.cond(*low), a.cond(*high)]), a.uncond(), hybrid=(kernel, sigma),
+                            generator=ctx.generator(10 * k + 2))
+            big_rows.append([big, from_afar(big, 16)])  # the same far size as the 64 px row
     ctx.save_rows("hybrids.png", rows, titles, value_range=a.value_range, cell=2.4,
                   suptitle=f"low-pass kernel {kernel}, sigma {sigma}")
+    if big_rows:
+        ctx.save_rows("hybrids_256.png", big_rows, titles, value_range=a.value_range, cell=2.8,
+                      suptitle="upscaled to 256 x 256 by stage II, with the hybrid rule at 4x the kernel and sigma")
+
+
+def from_afar(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """x (B, C, H, W) as seen from afar: averaged down by factor, shown at its size again (blocky)."""
+    h, w = x.shape[-2:]
+    return F.interpolate(F.interpolate(x, scale_factor=1 / factor, mode="area"), size=(h, w), mode="nearest")
 
 
 if __name__ == "__main__":

@@ -314,6 +314,17 @@ def part_a(ctx: LessonContext) -> PartA:
 I_STARTS = [1, 3, 5, 7, 10, 20]  # the course's SDEdit levels: t = 960, 900, 840, 780, 690, 390 for IF
 
 
+def save_upscaled(ctx: LessonContext, a: PartA, name: str, images: torch.Tensor, cond: torch.Tensor,
+                  titles: Sequence[str], suptitle: str, seed: int) -> None:
+    """With IF stage 2 on this machine, upscale images (N, 3, 64, 64), all with the prompt
+    cond (1, 77, D), to 256 x 256 and save them as one row; without it (or on MNIST), nothing."""
+    if a.upscale is None:
+        return
+    big = a.upscale(images, cond.expand(len(images), *cond.shape[1:]), a.uncond(), generator=ctx.generator(seed))
+    ctx.save_rows(name, [list(big)], [list(titles)], value_range=a.value_range, cell=2.8,
+                  suptitle=f"{suptitle}, upscaled to 256 x 256 by stage II")
+
+
 def sdedit_levels(ctx: LessonContext, a: PartA, image: torch.Tensor, den, i_starts: Sequence[int] = I_STARTS):
     """SDEdit of one image at each i_start, then the original: a row of images and their titles."""
     from minidiff.edit import sdedit

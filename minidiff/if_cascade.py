@@ -30,10 +30,11 @@ __all__ = ["Stage2Upscaler"]
 
 
 class Stage2Upscaler:
-    """``upscale(images, cond, uncond, views=None, generator=None) -> (B, 3, 256, 256)`` with IF stage 2.
+    """``upscale(images, cond, uncond, views=None, hybrid=None, generator=None) -> (B, 3, 256, 256)``.
 
     images (B, 3, 64, 64) in [-1, 1]; cond (B, 77, D) one prompt per image, or with views
-    (visual anagrams) one prompt per view; uncond (1, 77, D). The result is on the images'
+    (visual anagrams) one prompt per view, or with hybrid=(kernel_size, sigma) at 64 px the
+    far and the near prompt (the kernel is widened 4x for 256 px); uncond (1, 77, D). The result is on the images'
     device. quick: 3 stage-2 steps instead of diffusers' 50, to check the path in seconds.
     """
 
@@ -45,9 +46,13 @@ class Stage2Upscaler:
         self.unet: torch.nn.Module | None = None  # loaded on the first call
 
     def __call__(self, images: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                 views: Sequence[View | str] | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 views: Sequence[View | str] | None = None, hybrid: tuple[int, float] | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         from minidiff.models.if_unet import IFUNet
 
+        if hybrid is not None:  # the same frequency split on the 4x finer grid
+            factor = 256 // images.shape[-1]
+            hybrid = (factor * (hybrid[0] - 1) + 1, factor * hybrid[1])
         on_gpu = self.device.startswith("cuda")
         if self.unet is None:
             self.unet = IFUNet.from_pretrained(self.folder, dtype=torch.float16 if on_gpu else torch.float32)
@@ -57,7 +62,8 @@ class Stage2Upscaler:
             self.unet.to(self.device)
         try:
             out = if_stage2(self.unet, images.float().cpu(), cond.float().cpu(), uncond.float().cpu(),
-                            timesteps=self.timesteps, generator=generator, progress=self.progress, views=views)
+                            timesteps=self.timesteps, generator=generator, progress=self.progress, views=views,
+                            hybrid=hybrid)
         finally:
             if on_gpu:
                 self.unet.to("cpu")

@@ -30,6 +30,9 @@ low-res inputs and is told how noisy), and every UNet call sees it beside x_t:
 With ``views`` (visual anagrams, minidiff.guidance.anagram), stage 2 keeps the illusion:
 each view V_k is applied to x_t and to the upscaled image alike, the UNet is guided with
 prompt k on that pair, and the predictions are mapped back with V_k^-1 and averaged.
+With ``hybrid`` (hybrid images, minidiff.guidance.hybrid), stage 2 splits eps into the
+same two frequency bands, with the Gaussian widened by the upscaling factor (sigma 2 at
+64 px is sigma 8 at 256 px), so the far and near readings survive the upscale.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import torch.nn.functional as F
 
 from minidiff.betas import cosine_betas
 from minidiff.checks import finite_tensor, image_batch, integer, real_number
-from minidiff.guidance import anagram, cfg
+from minidiff.filters import check_kernel
+from minidiff.guidance import anagram, cfg, hybrid as hybrid_rule
 from minidiff.samplers import Callback, check_generator, iterative_denoise
 from minidiff.schedule import DDPMSchedule, strided_timesteps
 from minidiff.views import View, get_view
@@ -234,6 +238,7 @@ def if_stage2(
     generator: torch.Generator | None = None,
     progress: bool = True,
     views: Sequence[View | str] | None = None,
+    hybrid: tuple[int, float] | None = None,
 ) -> torch.Tensor:
     """Upscale stage-1 images (B, 3, h, w) in [-1, 1] to (B, 3, height, width) with IF stage 2.
 
@@ -246,10 +251,21 @@ def if_stage2(
     views: visual anagrams (e.g. ["identity", "flip"]): prompt_embeds then holds one prompt
     per view, (N, 77, D), for every image of low_res, and the views act on x_t and on the
     upscaled low_res together (see the module docstring).
+    hybrid: (kernel_size, sigma) at the output size, for hybrid images: prompt_embeds then
+    holds two prompts, (2, 77, D), the far one (low frequencies) first, for every image.
     Returns float32 images (B, 3, height, width) clipped to [-1, 1].
     """
     prompt_embeds, negative_embeds = _check_embeds(prompt_embeds, negative_embeds)
     batch = prompt_embeds.shape[0]
+    if views is not None and hybrid is not None:
+        raise ValueError("views and hybrid are two different guidance rules: give one of them")
+    if hybrid is not None:
+        if not isinstance(hybrid, (tuple, list)) or len(hybrid) != 2:
+            raise ValueError(f"hybrid must be (kernel_size, sigma), got {hybrid!r:.80}")
+        kernel_size, sigma = check_kernel(*hybrid)
+        if batch != 2:
+            raise ValueError(f"hybrid: prompt_embeds must hold two prompts (far, near), got {batch}")
+        batch = low_res.shape[0] if isinstance(low_res, torch.Tensor) and low_res.ndim == 4 else batch
     if views is not None:
         views = [get_view(v) if isinstance(v, str) else v for v in views]
         if len(views) != batch:
@@ -266,7 +282,11 @@ def if_stage2(
     upscaled = F.interpolate(low_res.float(), (height, width), mode="bilinear", align_corners=True)
     noise = torch.randn(upscaled.shape, generator=generator)
     upscaled = DDPMSchedule(cosine_betas(1000)).add_noise(upscaled, noise, noise_level)
-    if views is None:
+    if hybrid is not None:
+        far, near = (e.expand(batch, -1, -1) for e in prompt_embeds.float().split(1))
+        den = hybrid_rule(IFUpscaleDenoiser(unet, upscaled, noise_level), far, near, negative_embeds.float(),
+                          guidance_scale, kernel_size=kernel_size, sigma=sigma)
+    elif views is None:
         den = cfg(IFUpscaleDenoiser(unet, upscaled, noise_level), prompt_embeds.float(), negative_embeds.float(),
                   guidance_scale)
     else:  # the anagram's batch is [V_1(x), ..., V_N(x)] twice (cond, uncond): view the upscaled image so too

@@ -131,3 +131,53 @@ def test_a_flip_view_changes_the_upscale(unet, golden):
 def test_views_need_one_prompt_each(unet, golden):
     with pytest.raises(ValueError, match="one prompt embedding per view"):
         _views_run(unet, golden, golden["prompt_embeds"][:1], ["identity", "flip"])
+
+
+def _hybrid_run(unet, golden, far, near, hybrid, timesteps=(900, 600, 300, 0)):
+    embeds = torch.cat([golden["prompt_embeds"][far:far + 1], golden["prompt_embeds"][near:near + 1]])
+    return if_stage2(unet, golden["low_res"][:1], embeds, golden["negative_embeds"], timesteps=timesteps,
+                     height=16, width=16, generator=torch.Generator().manual_seed(7), progress=False, hybrid=hybrid)
+
+
+def _eps_of_stage2(unet, golden, monkeypatch, embeds, **kwargs) -> torch.Tensor:
+    """The eps half of the guided denoiser that if_stage2 builds, at one fixed (x_t, t = 500)."""
+    import minidiff.if_pipeline as pipeline
+
+    built = []
+    monkeypatch.setattr(pipeline, "iterative_denoise", lambda den, x, *a, **k: built.append(den) or x)
+    if_stage2(unet, golden["low_res"][:1], embeds, golden["negative_embeds"], height=16, width=16,
+              generator=torch.Generator().manual_seed(7), progress=False, **kwargs)
+    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    return built[0](x_t, torch.tensor([500]))[:, :3]
+
+
+def test_hybrid_far_prompt_owns_the_low_band(unet, golden, monkeypatch):
+    """eps = low_pass(eps_far) + high_pass(eps_near). With a delta low-pass (sigma -> 0) all of
+    eps is low band, so it is the far prompt's guided eps, not the near one's; swapping the
+    prompts swaps it. (Only eps: the variance half is the mean over both prompts.)"""
+    pe = golden["prompt_embeds"]
+    far, near = (_eps_of_stage2(unet, golden, monkeypatch, pe[k:k + 1]) for k in (0, 1))
+    assert not torch.allclose(far, near, atol=1e-3)
+    delta = (3, 0.01)
+    assert (_eps_of_stage2(unet, golden, monkeypatch, pe[:2], hybrid=delta) - far).abs().max().item() <= 1e-5
+    assert (_eps_of_stage2(unet, golden, monkeypatch, pe[[1, 0]], hybrid=delta) - near).abs().max().item() <= 1e-5
+    mixed = _eps_of_stage2(unet, golden, monkeypatch, pe[:2], hybrid=(5, 1.0))
+    assert not torch.allclose(mixed, far, atol=1e-3) and not torch.allclose(mixed, near, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hybrid=(5, 1.0), views=["identity", "flip"]), "give one of them"),
+    (dict(hybrid=(4, 1.0)), "odd"),
+    (dict(hybrid=(5, -1.0)), "sigma"),
+    (dict(hybrid=5), r"\(kernel_size, sigma\)"),
+])
+def test_bad_hybrid_arguments_are_refused(unet, golden, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        if_stage2(unet, golden["low_res"][:1], golden["prompt_embeds"][:2], golden["negative_embeds"], height=16,
+                  width=16, progress=False, **kwargs)
+
+
+def test_hybrid_needs_two_prompts(unet, golden):
+    with pytest.raises(ValueError, match="two prompts"):
+        if_stage2(unet, golden["low_res"][:1], golden["prompt_embeds"][:1], golden["negative_embeds"], height=16,
+                  width=16, progress=False, hybrid=(5, 1.0))

@@ -3,7 +3,8 @@
 No real IF weights can be had in CI, so this checks the plumbing the real run uses:
 MINIDIFF_IF_UNET points at a UNet folder, the prompt embeddings come from the cache
 that `minidiff embed` fills, and every Part A lesson writes its figures at 64 x 64 RGB.
-With a tiny stage-II UNet too ($MINIDIFF_IF2_UNET), A0 and A1.8 also show 256 x 256 upscales.
+With a tiny stage-II UNet too ($MINIDIFF_IF2_UNET), every lesson that generates images (A0,
+A1.5-A1.9) also shows them upscaled to 256 x 256.
 """
 
 import json
@@ -85,7 +86,10 @@ def test_stage2_upscales_to_256_when_its_weights_are_here(tiny_if2):
 
 @pytest.mark.parametrize("lesson, names", [("A0", ["samples_64_256.png", "samples_256.png"]),
                                            ("A1.5", ["samples_256.png"]), ("A1.6", ["cfg_256.png"]),
-                                           ("A1.8", ["anagrams_flip_256.png"])])
+                                           ("A1.7", ["sdedit_256.png"]),
+                                           ("A1.7.1", ["sdedit_web_256.png", "sdedit_drawn_256.png"]),
+                                           ("A1.7.2", ["inpainting_256.png"]), ("A1.7.3", ["text_i2i_256.png"]),
+                                           ("A1.8", ["anagrams_flip_256.png"]), ("A1.9", ["hybrids_256.png"])])
 def test_lessons_show_256_px_upscales_with_stage2(tiny_if2, lesson, names):
     info = next(i for i in PART_A if i.id == lesson)
     written = run_lesson(info, tiny_if2 / "out", quick=True, model="if", progress=False)
