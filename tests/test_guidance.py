@@ -326,3 +326,51 @@ def test_guidance_input_errors_are_value_errors():
         frequency_bands(x, [1.0, 2.0])
     with pytest.raises(ValueError, match="kernel"):
         hybrid(model, one_hot(0), one_hot(1), NULL, 1.0)(x, t)  # kernel 33 on an 8x8 image
+
+
+# ----------------------------------------------------------------------------------------
+# Guidance in a limited interval
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", [FLOW, IF], ids=["flow", "ddpm"])
+def test_cfg_interval_inside_is_cfg_and_outside_is_the_conditional_model(schedule):
+    """cfg(..., interval=(lo, hi)) == cfg at times in [lo, hi], == model(x_t, t, cond) (one call of
+    batch B, the scale unused) outside it."""
+    data, labels = labelled_data()
+    model = CountingModel(finite_data_model(data, schedule, labels, 2))
+    x, t = inputs(schedule)
+    cond = one_hot(1, x.shape[0])
+    t_value = float(t[0])
+    plain = cfg(model, cond, NULL, 4.0)(x, t)
+    inside = cfg(model, cond, NULL, 4.0, interval=(t_value - 0.1, t_value + 0.1))(x, t)
+    torch.testing.assert_close(inside, plain, **ATOL)
+    model.batches.clear()
+    outside = cfg(model, cond, NULL, 4.0, interval=(t_value + 0.1, t_value + 1.0))(x, t)
+    assert model.batches == [x.shape[0]]
+    torch.testing.assert_close(outside, model(x, t, cond), **ATOL)
+    assert not torch.allclose(outside, plain)
+
+
+def test_cfg_interval_changes_a_flow_sample_only_through_the_guided_steps():
+    """A guided interval that holds no sampler time gives the conditional sample; one that holds
+    every time gives the guided sample."""
+    data, labels = labelled_data()
+    model = finite_data_model(data, FLOW, labels, 2)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid = [i / 8 for i in range(9)]
+    cond = one_hot(0, 2)
+    run = lambda den: flow_euler(den, x.clone(), FLOW, grid, progress=False)  # noqa: E731
+    torch.testing.assert_close(run(cfg(model, cond, NULL, 3.0, interval=(0.0, 1.0))), run(cfg(model, cond, NULL, 3.0)),
+                               **ATOL)
+    torch.testing.assert_close(run(cfg(model, cond, NULL, 3.0, interval=(2.0, 3.0))), run(cfg(model, cond, NULL, 1.0)),
+                               **ATOL)
+
+
+@pytest.mark.parametrize("interval, match", [((0.5, 0.2), "t_lo <= t_hi"), ((0.1,), "pair"), (0.3, "pair"),
+                                             ((float("nan"), 1.0), "interval")])
+def test_cfg_refuses_a_bad_interval(interval, match):
+    data, labels = labelled_data()
+    model = finite_data_model(data, FLOW, labels, 2)
+    with pytest.raises(ValueError, match=match):
+        cfg(model, one_hot(0), NULL, 3.0, interval=interval)

@@ -105,3 +105,27 @@ def test_forward_flops_match_a_count_by_hooks():
     net(torch.randn(1, 1, 28, 28))
     assert total == M.forward_flops(D)
     assert 0.53e9 < M.forward_flops(64) < 0.55e9
+
+
+@pytest.mark.parametrize("arch", ["unconditional", "time", "class"])
+def test_folding_batchnorm_into_the_convolutions_keeps_the_outputs(arch):
+    """BN(W * x + b) == (s W) * x + s (b - mu) + beta with s = gamma / sqrt(var + eps): the folded
+    copy (no BatchNorm left, Conv2d and ConvTranspose2d alike) gives the eval network's outputs."""
+    from minidiff.models.mnist import build_model, fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_model(arch, 8)
+    with torch.no_grad():  # trained-looking statistics, so that folding has something to do
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+    x, t, c = torch.randn(4, 1, 28, 28), torch.rand(4), torch.eye(10)[:4]
+    args = {"unconditional": (x,), "time": (x, t), "class": (x, t, c)}[arch]
+    with torch.no_grad():
+        torch.testing.assert_close(folded(*args), net(*args), atol=1e-5, rtol=1e-5)

@@ -30,6 +30,7 @@ At D = 64 one forward pass costs about 0.54 GFLOP per image (``forward_flops``).
 
 from __future__ import annotations
 
+import copy
 import numbers
 
 import torch
@@ -55,6 +56,7 @@ __all__ = [
     "drop_class",
     "unet_time",
     "build_model",
+    "fold_batchnorm",
     "forward_flops",
     "NUM_CLASSES",
 ]
@@ -347,6 +349,32 @@ def build_model(arch: str, num_hiddens: int) -> nn.Module:
     if not isinstance(num_hiddens, int) or num_hiddens < 1:
         raise ValueError(f"num_hiddens (D) must be a positive int, got {num_hiddens!r}")
     return _ARCHS[arch](num_hiddens=num_hiddens)
+
+
+@torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """A copy of net for inference, each BatchNorm folded into the convolution before it.
+
+    In eval mode BatchNorm is a fixed per-channel affine map, so conv then BN is one conv:
+
+        BN(W * x + b) = s (W * x + b - mu) + beta = (s W) * x + s (b - mu) + beta,
+        s = gamma / sqrt(var + eps)   per output channel
+
+    which saves a pass over every activation (about a tenth of a forward on a CPU). The
+    copy is in eval mode; its outputs equal net's (eval) up to float rounding.
+    """
+    net = copy.deepcopy(net).eval()
+    for block in net.modules():
+        if not isinstance(block, _ConvNormAct) or not isinstance(block[1], nn.BatchNorm2d):
+            continue
+        conv, bn = block[0], block[1]
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        # Conv2d weights are (out, in, k, k), ConvTranspose2d weights (in, out, k, k).
+        shape = (-1, 1, 1, 1) if isinstance(conv, nn.Conv2d) else (1, -1, 1, 1)
+        conv.weight.mul_(s.reshape(shape))
+        conv.bias.copy_(s * (conv.bias - bn.running_mean) + bn.bias)
+        block[1] = nn.Identity()
+    return net
 
 
 def forward_flops(num_hiddens: int, in_channels: int = 1) -> int:
