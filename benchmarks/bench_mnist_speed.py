@@ -9,6 +9,13 @@ Both are timed in alternating rounds, so load from other processes hits them ali
 the median round is reported. Training = forward + backward + Adam step on the
 class-conditioned UNet (3x the forward FLOPs); sampling = one no-grad forward in eval mode.
 The roof is this machine's fp32 matmul rate, measured here on 2048 x 2048 matrices.
+
+    python benchmarks/bench_mnist_speed.py --digits 1000 [--model flow-class]
+
+times `sample_digits` end to end instead (the CLI's `minidiff sample-digits` at its
+defaults: the default model, its sampler, guidance and batch size), alternating with the
+roof measurement, and counts every image the network sees (a guided step sees each digit
+twice) to give the rate in GFLOP/s and as a share of the roof.
 """
 
 from __future__ import annotations
@@ -68,6 +75,30 @@ def rate(fn, batch: int, iters: int) -> float:
     return batch * iters / (time.perf_counter() - t0)
 
 
+def digits_rate(n_digits: int, model_name: str | None, rounds: int) -> None:
+    """Time sample_digits for n_digits (median of rounds) against the matmul roof, measured alternately."""
+    from minidiff.mnist_pipeline import DEFAULT_MODEL, load_mnist_model, sample_digits
+
+    model = load_mnist_model(model_name or DEFAULT_MODEL)
+    seen = []
+    model.net.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    per_class = max(1, n_digits // 10)
+    times, roofs = [], []
+    for _ in range(rounds):
+        roofs.append(matmul_roof())
+        seen.clear()
+        t0 = time.perf_counter()
+        sample_digits(model, per_class=per_class, progress=False)
+        times.append(time.perf_counter() - t0)
+    seconds, roof = statistics.median(times), statistics.median(roofs)
+    images_seen = sum(seen)
+    gflops = images_seen * forward_flops(model.config["num_hiddens"]) / seconds / 1e9
+    print(f"{model_name or DEFAULT_MODEL}: {10 * per_class} digits in {seconds:.2f} s (median of {rounds}; "
+          f"min {min(times):.2f}) = {10 * per_class / seconds:.1f} digits/s; {images_seen} images through the "
+          f"network = {gflops:.1f} GFLOP/s = {100 * gflops * 1e9 / roof:.1f}% of the {roof / 1e9:.1f} GFLOP/s "
+          f"matmul roof, threads {torch.get_num_threads()}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hidden", type=int, default=64)
@@ -75,7 +106,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=4)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--digits", type=int, default=0, help="time sample_digits for this many digits instead")
+    p.add_argument("--model", default=None, help="with --digits: the model (default: sample-digits' own)")
     args = p.parse_args()
+    if args.digits:
+        return digits_rate(args.digits, args.model, args.rounds)
 
     flops = forward_flops(args.hidden)
     variants = {"plain": make(False, args.hidden, args.batch), "minidiff": make(True, args.hidden, args.batch)}

@@ -10,7 +10,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidiff.metrics import MNISTJudge, frechet_distance, judge_accuracy, judge_features, psnr, random_shift
+from minidiff.metrics import (
+    MNISTJudge,
+    faint_share,
+    frechet_distance,
+    judge_accuracy,
+    judge_features,
+    psnr,
+    random_shift,
+)
 
 
 def test_psnr_known_values():
@@ -67,3 +75,15 @@ def test_random_shift_moves_content_without_losing_it():
     assert torch.equal(y.sum((1, 2, 3)), x.sum((1, 2, 3)))
     assert not torch.equal(x, y)
     assert torch.equal(random_shift(x, 0), x)
+
+
+def test_faint_share_counts_values_1_to_40_of_255():
+    x = np.zeros((2, 28, 28), dtype=np.uint8)
+    x[0, 0, :4] = [1, 40, 41, 255]  # two faint, one just above, one full
+    x[1, 5, 5] = 20
+    assert faint_share(x) == pytest.approx(3 / (2 * 28 * 28))
+    as_float = torch.from_numpy(x).float() / 255  # floats in [0, 1] are rounded to 0..255 first
+    assert faint_share(as_float) == faint_share(x)
+    assert faint_share(np.zeros((1, 28, 28), dtype=np.uint8)) == 0.0
+    with pytest.raises(ValueError, match="28, 28"):
+        faint_share(np.zeros((1, 27, 28), dtype=np.uint8))
