@@ -265,6 +265,9 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+_TRAINED = "trained."  # the prefix of the trained weights in the resume state of a run with an average
+
+
 @dataclass
 class RunFolder:
     """A run's folder while it trains: the config each checkpoint records, and the last step saved.
@@ -278,11 +281,17 @@ class RunFolder:
     command: str | None = None
     last_saved: int | None = None
 
-    def resume(self, model: nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator) -> tuple[int, float]:
-        """Load the saved weights, optimizer moments and generator state: (step, wall seconds) they were saved at."""
+    def resume(self, model: nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator,
+               ema: nn.Module | None = None) -> tuple[int, float]:
+        """Load the saved weights, optimizer moments and generator state: (step, wall seconds) they were saved at.
+
+        With ema, model.safetensors holds the average (into ema) and the resume state the trained weights.
+        """
         meta, tensors, weights = _read_resume_state(self.path, self.config, model)
-        model.load_state_dict(weights)
+        (model if ema is None else ema).load_state_dict(weights)
         try:
+            if ema is not None:
+                model.load_state_dict({k[len(_TRAINED):]: v for k, v in tensors.items() if k.startswith(_TRAINED)})
             _load_optimizer(opt, tensors, meta["param_groups"])
             generator.set_state(tensors["generator"])
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
@@ -311,18 +320,26 @@ class RunFolder:
     def save_snapshot(self, model: nn.Module, step: int, wall: float) -> None:
         """snapshots/epoch_NNN: the model (eval-mode BatchNorm) at the end of an epoch."""
         self.check_weights(model, step)
+        was_training = model.training
         model.eval()
         save_checkpoint(model, self.model_config(step, wall),
                         self.path / "snapshots" / f"epoch_{step // self.steps_per_epoch:03d}")
-        model.train()
+        model.train(was_training)
 
     def save(self, model: nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator, step: int,
-             wall: float) -> None:
-        """The model, then the optimizer and generator state that --resume continues from."""
+             wall: float, ema: nn.Module | None = None) -> None:
+        """The model, then the optimizer and generator state that --resume continues from.
+
+        With ema (an average of the weights), model.safetensors holds the average, which is what
+        the pipelines sample with, and the trained weights go into the resume state.
+        """
         self.check_weights(model, step)
         opt_tensors, opt_meta = _optimizer_tensors(opt)
         opt_tensors["generator"] = generator.get_state()
-        save_checkpoint(model, self.model_config(step, wall), self.path, metadata={"step": str(step)})
+        if ema is not None:
+            opt_tensors.update({_TRAINED + k: v.contiguous() for k, v in model.state_dict().items()})
+        save_checkpoint(model if ema is None else ema, self.model_config(step, wall), self.path,
+                        metadata={"step": str(step)})
         _atomic(self.path / "train_state.safetensors", lambda p: save_file(opt_tensors, p))
         _write_json(self.path / "train_state.json", {"step": step, "wall_s": wall, "config": self.config, **opt_meta})
         self.last_saved = step

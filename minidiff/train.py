@@ -4,7 +4,8 @@ What a recipe trains and its loss live in ``minidiff.recipes``; what a run write
 checkpoints, config.json, loss.csv, snapshots, the resume state) lives in
 ``minidiff.run_folder``. This module is the loop between them: Adam, optionally with the
 course's exponential decay lr_k = lr * gamma^(k / K), gamma = 0.1^(1 / epochs), over steps k
-with K steps per epoch.
+with K steps per epoch, and, for recipes with ema_decay, an average of the weights
+(``recipes.ema_update``) that the run saves as its model.
 
 Every random draw (weights, epoch order, noise, t, class drop) comes from seeded
 generators, and a checkpoint stores everything the loop needs, so ``resume`` reproduces
@@ -13,6 +14,7 @@ the uninterrupted run's loss trajectory bit for bit (on the same machine and thr
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -33,6 +35,7 @@ from minidiff.recipes import (
     batch_loss,
     build_from_config,
     check_train_config,
+    ema_update,
     recipe_config,
     schedule_of,
     setting_name,
@@ -139,9 +142,11 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
                     steps_per_epoch, command)
     model = _seeded_model(cfg, device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+    decay = cfg.get("ema_decay", 0.0)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if decay else None  # what the run ships, if set
     schedule = schedule_of(cfg)
     generator = torch.Generator().manual_seed(cfg["seed"])  # every draw of the losses: noise, t, class drop
-    start_step, wall_before = run.resume(model, opt, generator) if resume else (0, 0.0)
+    start_step, wall_before = run.resume(model, opt, generator, ema) if resume else (0, 0.0)
     # Every check passed: only now is anything written or deleted.
     delete_run(old_run)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,20 +172,22 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema_update(ema, model, decay, step)
             writer.writerow([step, epoch, f"{lr:.6g}", f"{value:.8g}"])
             bar.set_postfix(loss=f"{value:.4f}", epoch=epoch + 1)
             done = step + 1
             if done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
-                run.save_snapshot(model, done, time.perf_counter() - t0)
+                run.save_snapshot(model if ema is None else ema, done, time.perf_counter() - t0)
             if done % cfg["save_every"] == 0 and done < stop:
                 log.flush()  # loss.csv holds every row up to the checkpoint
-                run.save(model, opt, generator, done, time.perf_counter() - t0)
+                run.save(model, opt, generator, done, time.perf_counter() - t0, ema)
     finally:
         log.close()
         bar.close()
-    run.save(model, opt, generator, stop, time.perf_counter() - t0)
+    run.save(model, opt, generator, stop, time.perf_counter() - t0, ema)
     plot_loss(out)
-    return model.eval()
+    return (model if ema is None else ema).eval()
 
 
 def _parse_epochs(text: str | None) -> list[int] | None:
