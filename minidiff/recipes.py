@@ -239,15 +239,27 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
-def denoiser_loss(model: nn.Module, x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def _mine(rows: slice | None, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """This process's rows of each tensor (all of them with rows None, i.e. one process).
+
+    The draws of a batch are made for the whole global batch and then cut, so that W
+    processes together draw exactly what one process draws (``minidiff.distributed``).
+    """
+    return [t if rows is None or t is None else t[rows] for t in tensors]
+
+
+def denoiser_loss(model: nn.Module, x: torch.Tensor, sigma: float, generator: torch.Generator | None = None,
+                  rows: slice | None = None) -> torch.Tensor:
     """L2 between D(x + sigma eps) and x."""
-    z = x + sigma * _randn_like(x, generator)
+    z, x = _mine(rows, x + sigma * _randn_like(x, generator), x)
     return F.mse_loss(model(z), x)
 
 
-def pure_noise_loss(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def pure_noise_loss(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None,
+                    rows: slice | None = None) -> torch.Tensor:
     """L2 between D(eps) and x: the best answer is the mean digit (the lesson's point)."""
-    return F.mse_loss(model(_randn_like(x, generator)), x)
+    eps, x = _mine(rows, _randn_like(x, generator), x)
+    return F.mse_loss(model(eps), x)
 
 
 def ddpm_targets(
@@ -270,43 +282,50 @@ def flow_targets(
 
 def diffusion_loss(
     model: nn.Module, schedule: DDPMSchedule | FlowSchedule, x: torch.Tensor, c: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, rows: slice | None = None,
 ) -> torch.Tensor:
     """L2 between the network's output at (x_t, t [, c]) and the schedule's target for it.
 
     DDPM: |eps_theta(x_t, t / T [, c]) - eps|^2 (``ddpm_targets``); flow: |u_theta(x_t, t [, c]) - u|^2
     (``flow_targets``). The network sees t as ``unet_time`` scales it, as when sampling.
+    rows: the rows of the batch this process trains on (see ``_mine``).
     """
     targets = ddpm_targets if isinstance(schedule, DDPMSchedule) else flow_targets
-    x_t, t, target = targets(schedule, x, generator)
+    x_t, t, target, c = _mine(rows, *targets(schedule, x, generator), c)
     t_in = unet_time(t, schedule)
     return F.mse_loss(model(x_t, t_in) if c is None else model(x_t, t_in, c), target)
 
 
 def judge_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shift: int, generator: torch.Generator | None = None
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """Cross-entropy on randomly shifted digits."""
-    return F.cross_entropy(model(random_shift(x, max_shift, generator)), y)
+    x, y = _mine(rows, random_shift(x, max_shift, generator), y)
+    return F.cross_entropy(model(x), y)
 
 
 def batch_loss(
     cfg: dict[str, Any], model: nn.Module, schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor,
-    y: torch.Tensor, generator: torch.Generator,
+    y: torch.Tensor, generator: torch.Generator, rows: slice | None = None,
 ) -> torch.Tensor:
-    """The loss of cfg's recipe on one batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,)."""
+    """The loss of cfg's recipe on one batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,).
+
+    rows: with several processes, the rows of this global batch that this process trains on;
+    the random draws are made for all B rows either way.
+    """
     kind = cfg["kind"]
     if kind == "judge":
-        return judge_loss(model, x, y, cfg["max_shift"], generator)
+        return judge_loss(model, x, y, cfg["max_shift"], generator, rows)
     if cfg.get("channels_last"):
         x = x.contiguous(memory_format=torch.channels_last)
     if kind == "denoiser":
-        return denoiser_loss(model, x, cfg["sigma"], generator)
+        return denoiser_loss(model, x, cfg["sigma"], generator, rows)
     if kind == "pure-noise":
-        return pure_noise_loss(model, x, generator)
+        return pure_noise_loss(model, x, generator, rows)
     c = drop_class(class_vector(y), cfg["p_uncond"], generator) if cfg["arch"] == "class" else None
     if kind in ("ddpm", "flow"):
-        return diffusion_loss(model, schedule, x, c, generator)
+        return diffusion_loss(model, schedule, x, c, generator, rows)
     raise ValueError(f"unknown training kind {kind!r}")
 
 

@@ -279,6 +279,8 @@ class RunFolder:
     config: dict[str, Any]
     steps_per_epoch: int
     command: str | None = None
+    world_size: int = 1  # processes that trained it (torchrun); recorded, not compared on --resume
+    amp: str | None = None  # "bf16": trained under bfloat16 autocast
     last_saved: int | None = None
 
     def resume(self, model: nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator,
@@ -304,7 +306,8 @@ class RunFolder:
         """The config.json of a checkpoint after `step` steps and `wall` seconds of training."""
         return {**self.config, "steps": step, "steps_per_epoch": self.steps_per_epoch,
                 "epochs_done": round(step / self.steps_per_epoch, 4), "wall_s": round(wall, 1),
-                "torch_threads": torch.get_num_threads(), "command": self.command}
+                "torch_threads": torch.get_num_threads(), "world_size": self.world_size,
+                **({"amp": self.amp} if self.amp else {}), "command": self.command}
 
     def diverged(self, what: str) -> RuntimeError:
         kept = (f"the checkpoint of step {self.last_saved} in {self.path} is kept" if self.last_saved is not None
@@ -350,12 +353,16 @@ class RunFolder:
 # ----------------------------------------------------------------------------------------
 
 
-def open_loss_log(path: Path, start_step: int) -> tuple[TextIO, Any]:
+def open_loss_log(path: Path | None, start_step: int) -> tuple[TextIO, Any]:
     """(file, csv writer) of loss.csv, ready for the rows of steps start_step on.
 
     A new run starts the file with its header; a resumed one keeps the rows of the steps before
-    its checkpoint and drops the later ones (they are trained again).
+    its checkpoint and drops the later ones (they are trained again). path None: a writer to
+    nowhere (the processes other than rank 0 of a run over several).
     """
+    if path is None:
+        log = open(os.devnull, "w")
+        return log, csv.writer(log)
     if start_step == 0 or not path.exists():
         log = open(path, "w", newline="")
         writer = csv.writer(log)

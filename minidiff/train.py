@@ -21,12 +21,14 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from minidiff import distributed
 from minidiff.checkpoint import check_device
 from minidiff.checks import integer
 from minidiff.data import training_set
@@ -117,9 +119,29 @@ def _lr_at(cfg: dict[str, Any], step: int, steps_per_epoch: int) -> float:
     return float(cfg["lr"]) * gamma ** (step / steps_per_epoch)
 
 
+def _parallel(model: nn.Module, procs: distributed.Processes, device: torch.device) -> nn.Module:
+    """What the steps call: model itself, or with several processes model with global-batch BatchNorm
+    inside DistributedDataParallel (which averages the gradients over the processes)."""
+    if not procs.parallel:
+        return model
+    distributed.use_global_batchnorm(model)
+    # The BatchNorm statistics are already equal on every process: no need to broadcast them.
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                               broadcast_buffers=False)
+
+
+def _check_amp(amp: str | None, device: torch.device) -> str | None:
+    if amp not in (None, "bf16"):
+        raise ValueError(f"--amp must be bf16 (or absent for float32), got {amp!r}")
+    if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{device} cannot compute in bf16; train without --amp")
+    return amp
+
+
 def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor, torch.Tensor] | None = None,
           resume: bool = False, device: str | torch.device = "cpu", progress: bool = True,
-          max_steps: int | None = None, command: str | None = None, overwrite: bool = False) -> nn.Module:
+          max_steps: int | None = None, command: str | None = None, overwrite: bool = False,
+          amp: str | None = None) -> nn.Module:
     """Train the model `cfg` describes on data (images (N, 1, 28, 28) in [0, 1], labels (N,)); return it in eval mode.
 
     data None: ``training_set(cfg.get("data"))``. Checkpoints every cfg["save_every"] steps and at
@@ -128,18 +150,32 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
     a fingerprint of the data) or replaced with ``overwrite``; without either it is an error. Every
     setting is checked before anything is written. A NaN or inf loss or weights stop the run with a
     RuntimeError before they are saved, so the last checkpoint in `out` stays the last good one.
+    Started by torchrun, the processes share the work (``minidiff.distributed``); cfg["batch_size"]
+    is then the global batch. amp "bf16": forward and loss under bfloat16 autocast.
     """
     cfg = check_train_config(cfg)
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite deletes it: choose one")
-    out, device = writable_folder(out, "run folder (--out)"), check_device(device)
+    procs, device = distributed.start(check_device(device))
+    try:
+        return _train(cfg, out, data, resume, device, progress, max_steps, command, overwrite,
+                      _check_amp(amp, device), procs)
+    finally:
+        distributed.stop()
+
+
+def _train(cfg, out, data, resume, device, progress, max_steps, command, overwrite, amp, procs) -> nn.Module:
+    """train() once the processes are known: rank 0 alone writes; every rank trains its rows."""
+    rows = distributed.rows(procs, cfg["batch_size"])
+    writes = procs.is_main
+    out = writable_folder(out, "run folder (--out)") if writes else Path(out)
     max_steps = None if max_steps is None else integer(max_steps, "max_steps", minimum=1)
-    old_run = [] if resume else check_new_run(out, overwrite)
+    old_run = [] if resume or not writes else check_new_run(out, overwrite)
     x_all, y_all = _check_data(training_set(cfg.get("data")) if data is None else data, cfg["batch_size"])
     n, batch = x_all.shape[0], cfg["batch_size"]
     steps_per_epoch, total_steps = _step_counts(cfg, n)
     run = RunFolder(out, {**cfg, "train_images": n, "data_sha256": data_fingerprint(x_all, y_all)},
-                    steps_per_epoch, command)
+                    steps_per_epoch, command, world_size=procs.world_size, amp=amp)
     model = _seeded_model(cfg, device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
     decay = cfg.get("ema_decay", 0.0)
@@ -147,14 +183,16 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
     schedule = schedule_of(cfg)
     generator = torch.Generator().manual_seed(cfg["seed"])  # every draw of the losses: noise, t, class drop
     start_step, wall_before = run.resume(model, opt, generator, ema) if resume else (0, 0.0)
+    net = _parallel(model, procs, device)  # after resume: DDP starts from the loaded weights
     # Every check passed: only now is anything written or deleted.
-    delete_run(old_run)
-    out.mkdir(parents=True, exist_ok=True)
+    if writes:
+        delete_run(old_run)
+        out.mkdir(parents=True, exist_ok=True)
     x_all, y_all = x_all.to(device), y_all.to(device)
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
-    log, writer = open_loss_log(out / "loss.csv", start_step)
-    bar = tqdm(range(start_step, stop), total=total_steps, initial=start_step, disable=not progress,
+    log, writer = open_loss_log(out / "loss.csv", start_step) if writes else open_loss_log(None, start_step)
+    bar = tqdm(range(start_step, stop), total=total_steps, initial=start_step, disable=not (progress and writes),
                desc=cfg["recipe"], unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - wall_before  # a resumed run's clock goes on from its checkpoint
     model.train()
@@ -165,8 +203,9 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
             lr = _lr_at(cfg, step, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = batch_loss(cfg, model, schedule, x_all[idx], y_all[idx], generator)
-            value = float(loss.detach())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+                loss = batch_loss(cfg, net, schedule, x_all[idx], y_all[idx], generator, rows)
+            value = distributed.mean_over_processes(loss, procs)  # the global batch's loss, on every rank
             if not math.isfinite(value):  # before the update: a NaN loss would make every weight NaN
                 raise run.diverged(f"the loss at step {step} is {value}")
             opt.zero_grad(set_to_none=True)
@@ -177,16 +216,17 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
             writer.writerow([step, epoch, f"{lr:.6g}", f"{value:.8g}"])
             bar.set_postfix(loss=f"{value:.4f}", epoch=epoch + 1)
             done = step + 1
-            if done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
+            if writes and done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
                 run.save_snapshot(model if ema is None else ema, done, time.perf_counter() - t0)
-            if done % cfg["save_every"] == 0 and done < stop:
+            if writes and done % cfg["save_every"] == 0 and done < stop:
                 log.flush()  # loss.csv holds every row up to the checkpoint
                 run.save(model, opt, generator, done, time.perf_counter() - t0, ema)
     finally:
         log.close()
         bar.close()
-    run.save(model, opt, generator, stop, time.perf_counter() - t0, ema)
-    plot_loss(out)
+    if writes:
+        run.save(model, opt, generator, stop, time.perf_counter() - t0, ema)
+        plot_loss(out)
     return (model if ema is None else ema).eval()
 
 
@@ -216,6 +256,7 @@ def cli_train(args) -> int:
         **({"num_hiddens": args.hidden} if args.recipe != "judge" else {"width": args.hidden}),
     )
     command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
-    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command)
+    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
+          amp=args.amp)
     print(f"saved {cfg['recipe']} model to {args.out}")
     return 0
