@@ -164,7 +164,9 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
         distributed.stop()
 
 
-def _train(cfg, out, data, resume, device, progress, max_steps, command, overwrite, amp, procs) -> nn.Module:
+def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor, torch.Tensor] | None,
+           resume: bool, device: torch.device, progress: bool, max_steps: int | None, command: str | None,
+           overwrite: bool, amp: str | None, procs: distributed.Processes) -> nn.Module:
     """train() once the processes are known: rank 0 alone writes; every rank trains its rows."""
     rows = distributed.rows(procs, cfg["batch_size"])
     writes = procs.is_main
