@@ -138,8 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a Part B model. On several processes: torchrun --nproc_per_node N "
                                    "-m minidiff train ... (--batch-size is then the global batch, split "
                                    "evenly; the result equals one process's up to float rounding).")
-    q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | "
-                                  "flow-class-ema | judge")
+    q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | judge")
     q.add_argument("--out", required=True, help="the run's folder (checkpoints, loss.csv, snapshots/)")
     q.add_argument("--epochs", type=float, default=None, help="epochs, > 0; a fraction runs part of one")
     q.add_argument("--batch-size", type=int, default=None, help="images per step, at most the training set's size")
@@ -154,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="delete the run already in --out and start over (without it, an earlier run is an error)")
     q.add_argument("--device", type=device_arg, default="cpu",
                    help="cpu, cuda or cuda:N (default cpu); under torchrun each process takes cuda:LOCAL_RANK")
+    q.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999) and save it as the model")
     q.add_argument("--amp", choices=["bf16"], default=None,
                    help="compute forward and loss under bfloat16 autocast (default: float32)")
     q.add_argument("--save-every", type=int, default=None, help="checkpoint every N >= 1 steps (default 500)")

@@ -12,9 +12,8 @@ digits x in [0, 1]:
     judge       cross-entropy of the classifier on randomly shifted digits
 
 (*-class recipes drop the class vector to zero with p_uncond = 0.1, for classifier-free
-guidance.) flow-class-ema is flow-class made to sample better: wider (D = 48), trained
-longer, and the weights it ships are an exponential moving average of the trained ones
-(``ema_update``), which the samplers prefer to the last step's noisy weights. x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
+guidance.) Any recipe can also keep an exponential moving average of its weights
+(``ema_decay``, ``ema_update``) and ship the average instead of the last step's weights. x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
 ``FlowSchedule.add_noise``), the same ones the samplers invert.
 """
 
@@ -66,9 +65,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                       epochs=10, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 5]),
     "flow-class": dict(kind="flow", arch="class", num_hiddens=32, p_uncond=0.1,
                        epochs=8, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 2, 5, 8]),
-    # Not the course's: the sample-digits default (see weights/README.md for what it buys).
-    "flow-class-ema": dict(kind="flow", arch="class", num_hiddens=48, p_uncond=0.1, ema_decay=0.999,
-                           epochs=10, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[]),
     "judge": dict(kind="judge", arch="judge", width=32, max_shift=2,
                   epochs=4, batch_size=64, lr=1e-3, lr_decay=True, snapshot_epochs=[]),
 }
@@ -76,11 +72,13 @@ _COMMON = dict(seed=0, save_every=500, channels_last=True, data_range=[0.0, 1.0]
 
 # Keys a config may carry beyond its recipe's settings: where the training data came from.
 _EXTRA_KEYS = ("data", "train_data")
+# Settings every recipe takes that none sets by default: the weight average's decay (absent: none).
+_OPTIONAL = ("ema_decay",)
 # The network each kind of training can train.
 _ARCHS_OF = {"denoiser": ("unconditional",), "pure-noise": ("unconditional",), "ddpm": ("time", "class"),
              "flow": ("time", "class"), "judge": ("judge",)}
 # The command-line flag of each setting, for error messages.
-_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
+_FLAGS = {"ema_decay": "--ema", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
           "width": "--hidden", "seed": "--seed", "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
 
 
@@ -103,7 +101,7 @@ def recipe_config(recipe: str, **overrides: Any) -> dict[str, Any]:
     fixed = sorted(set(overrides) & {"recipe", "kind", "arch"})
     if fixed:
         raise ValueError(f"{', '.join(fixed)} is set by the recipe; choose another recipe instead of overriding it")
-    unknown = sorted(set(overrides) - set(cfg) - set(_EXTRA_KEYS))
+    unknown = sorted(set(overrides) - set(cfg) - set(_EXTRA_KEYS) - set(_OPTIONAL))
     if unknown:
         raise ValueError(f"recipe {recipe!r} has no setting {', '.join(unknown)}; "
                          f"its settings are {', '.join(sorted(set(cfg) - {'recipe', 'kind', 'arch'}))}")
@@ -192,9 +190,10 @@ def check_train_config(cfg: Any) -> dict[str, Any]:
 
 def _check_ema_decay(cfg: dict[str, Any]) -> None:
     if "ema_decay" in cfg:
-        decay = real_number(cfg["ema_decay"], "ema_decay", nonnegative=True)
+        decay = real_number(cfg["ema_decay"], setting_name("ema_decay"), nonnegative=True)
         if decay >= 1:
-            raise ValueError(f"ema_decay must lie in [0, 1) (0: no average; 0.999: about the last 1,000 steps), "
+            raise ValueError(f"{setting_name('ema_decay')} must lie in [0, 1) (0: no average; 0.999: about the "
+                             f"last 1,000 steps), "
                              f"got {decay}")
         cfg["ema_decay"] = decay
 

@@ -43,14 +43,13 @@ def test_ema_of_a_constant_model_is_that_model():
 @pytest.mark.parametrize("decay", [1.0, 1.5, -0.1, float("nan")])
 def test_a_bad_ema_decay_is_refused(decay):
     with pytest.raises(ValueError, match="ema_decay"):
-        recipe_config("flow-class-ema", ema_decay=decay)
+        recipe_config("flow-class", ema_decay=decay)
 
 
-def test_the_ema_recipe_is_flow_class_wider_with_an_average():
-    cfg, course = recipe_config("flow-class-ema"), recipe_config("flow-class")
-    assert cfg["ema_decay"] == 0.999 and "ema_decay" not in course
-    assert (cfg["kind"], cfg["arch"], cfg["p_uncond"]) == (course["kind"], course["arch"], course["p_uncond"])
-    assert cfg["num_hiddens"] > course["num_hiddens"]
+@pytest.mark.parametrize("recipe", ["flow-class", "ddpm-time", "denoiser", "judge"])
+def test_every_recipe_takes_an_average_and_none_has_one_by_default(recipe):
+    assert "ema_decay" not in recipe_config(recipe)
+    assert recipe_config(recipe, ema_decay=0.999)["ema_decay"] == 0.999
 
 
 def _fake_digits(n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +58,7 @@ def _fake_digits(n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _tiny_ema(**kw):
-    return recipe_config("flow-class-ema", **{**dict(num_hiddens=4, epochs=2, batch_size=16, save_every=2,
+    return recipe_config("flow-class", **{**dict(num_hiddens=4, epochs=2, batch_size=16, save_every=2,
                                                      snapshot_epochs=[1], ema_decay=0.9), **kw})
 
 
