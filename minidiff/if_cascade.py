@@ -34,8 +34,8 @@ class Stage2Upscaler:
 
     images (B, 3, 64, 64) in [-1, 1]; cond (B, 77, D) one prompt per image, or with views
     (visual anagrams) one prompt per view, or with hybrid=(kernel_size, sigma) at 64 px the
-    far and the near prompt (the kernel is widened 4x for 256 px); uncond (1, 77, D). The result is on the images'
-    device. quick: 3 stage-2 steps instead of diffusers' 50, to check the path in seconds.
+    far and the near prompt (the kernel is widened 4x for 256 px); uncond (1, 77, D). The
+    result is on the images' device. quick: 3 stage-2 steps instead of diffusers' 50, to check the path in seconds.
     """
 
     def __init__(self, folder: Path, stage1: torch.nn.Module, device: str = "cpu", quick: bool = False,

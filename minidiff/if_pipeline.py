@@ -265,12 +265,12 @@ def if_stage2(
         kernel_size, sigma = check_kernel(*hybrid)
         if batch != 2:
             raise ValueError(f"hybrid: prompt_embeds must hold two prompts (far, near), got {batch}")
-        batch = low_res.shape[0] if isinstance(low_res, torch.Tensor) and low_res.ndim == 4 else batch
     if views is not None:
         views = [get_view(v) if isinstance(v, str) else v for v in views]
         if len(views) != batch:
             raise ValueError(f"views: one prompt embedding per view, got {len(views)} views and {batch} prompts")
-        batch = low_res.shape[0] if isinstance(low_res, torch.Tensor) and low_res.ndim == 4 else batch
+    if (views is not None or hybrid is not None) and isinstance(low_res, torch.Tensor) and low_res.ndim == 4:
+        batch = low_res.shape[0]  # the prompts serve every image, so the batch is the images'
     noise_level, height, width = _check_stage2_args(unet, low_res, batch, noise_level, (height, width))
     guidance_scale = real_number(guidance_scale, "guidance_scale")
     check_generator(generator)

@@ -117,10 +117,10 @@ def load_mnist_model(name_or_dir: str | os.PathLike = "flow-class", device: str 
     load the checkpoint itself with ``minidiff.run_folder.load_checkpoint``.
     """
     net, config = load_checkpoint(_resolve(name_or_dir), device=device)
-    net = fold_batchnorm(net)
-    if config.get("arch") != "judge":
-        net = net.to(memory_format=torch.channels_last)
-    return MNISTModel(net, config)
+    model = MNISTModel(fold_batchnorm(net), config)
+    if model.channels_last:
+        model.net = model.net.to(memory_format=torch.channels_last)
+    return model
 
 
 def class_vectors(labels: torch.Tensor | Sequence[int], device: str | torch.device = "cpu") -> torch.Tensor:
@@ -178,7 +178,8 @@ def _sampler(model: MNISTModel, method: str | None, steps: int | None, grid: str
     return run, timesteps
 
 
-def _guidance(model: MNISTModel, guidance: float | None, interval: Sequence[float] | None) -> tuple[float, Any]:
+def _guidance(model: MNISTModel, guidance: float | None,
+              interval: Sequence[float] | None) -> tuple[float, tuple[float, ...] | None]:
     """(scale, interval) for a model: the given values, else its config["sampler"], else GUIDANCE and no interval."""
     defaults = model.config.get("sampler", {})
     guidance = defaults.get("guidance", GUIDANCE) if guidance is None else guidance

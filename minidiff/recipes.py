@@ -12,9 +12,10 @@ digits x in [0, 1]:
     judge       cross-entropy of the classifier on randomly shifted digits
 
 (*-class recipes drop the class vector to zero with p_uncond = 0.1, for classifier-free
-guidance.) Any recipe can also keep an exponential moving average of its weights
-(``ema_decay``, ``ema_update``) and ship the average instead of the last step's weights. x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
-``FlowSchedule.add_noise``), the same ones the samplers invert.
+guidance.) x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
+``FlowSchedule.add_noise``), the same ones the samplers invert. Any recipe can also keep an
+exponential moving average of its weights (``ema_decay``, ``ema_update``) and ship the
+average instead of the last step's weights.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ _OPTIONAL = ("ema_decay",)
 _ARCHS_OF = {"denoiser": ("unconditional",), "pure-noise": ("unconditional",), "ddpm": ("time", "class"),
              "flow": ("time", "class"), "judge": ("judge",)}
 # The command-line flag of each setting, for error messages.
-_FLAGS = {"ema_decay": "--ema", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
-          "width": "--hidden", "seed": "--seed", "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
+_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
+          "ema_decay": "--ema", "width": "--hidden", "seed": "--seed", "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
 
 
 # ----------------------------------------------------------------------------------------
@@ -192,9 +193,8 @@ def _check_ema_decay(cfg: dict[str, Any]) -> None:
     if "ema_decay" in cfg:
         decay = real_number(cfg["ema_decay"], setting_name("ema_decay"), nonnegative=True)
         if decay >= 1:
-            raise ValueError(f"{setting_name('ema_decay')} must lie in [0, 1) (0: no average; 0.999: about the "
-                             f"last 1,000 steps), "
-                             f"got {decay}")
+            raise ValueError(f"{setting_name('ema_decay')} must lie in [0, 1) (0: no average; 0.999: about "
+                             f"the last 1,000 steps), got {decay}")
         cfg["ema_decay"] = decay
 
 

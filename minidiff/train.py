@@ -193,7 +193,7 @@ def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor
     x_all, y_all = x_all.to(device), y_all.to(device)
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
-    log, writer = open_loss_log(out / "loss.csv", start_step) if writes else open_loss_log(None, start_step)
+    log, writer = open_loss_log(out / "loss.csv" if writes else None, start_step)
     bar = tqdm(range(start_step, stop), total=total_steps, initial=start_step, disable=not (progress and writes),
                desc=cfg["recipe"], unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - wall_before  # a resumed run's clock goes on from its checkpoint
