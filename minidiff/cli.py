@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a Part B model. On several processes: torchrun --nproc_per_node N "
                                    "-m minidiff train ... (--batch-size is then the global batch, split "
                                    "evenly; the result equals one process's up to float rounding).")
-    q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | judge")
+    q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | "
+                                   "flow-class-ema (flow-class trained longer, shipping a weight average) | judge")
     q.add_argument("--out", required=True, help="the run's folder (checkpoints, loss.csv, snapshots/)")
     q.add_argument("--epochs", type=float, default=None, help="epochs, > 0; a fraction runs part of one")
     q.add_argument("--batch-size", type=int, default=None, help="images per step, at most the training set's size")

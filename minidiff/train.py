@@ -39,6 +39,7 @@ from minidiff.recipes import (
     check_train_config,
     ema_update,
     recipe_config,
+    recompute_batchnorm,
     schedule_of,
     setting_name,
 )
@@ -186,6 +187,13 @@ def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor
     generator = torch.Generator().manual_seed(cfg["seed"])  # every draw of the losses: noise, t, class drop
     start_step, wall_before = run.resume(model, opt, generator, ema) if resume else (0, 0.0)
     net = _parallel(model, procs, device)  # after resume: DDP starts from the loaded weights
+
+    def shipped() -> nn.Module:
+        """What a checkpoint holds as the model when there is an average: a copy of it with
+        BatchNorm statistics of its own. The average in training keeps the copied ones (the next
+        ema_update overwrites them anyway), so saving changes nothing that resume depends on."""
+        return recompute_batchnorm(copy.deepcopy(ema), cfg, schedule, x_all, y_all)
+
     # Every check passed: only now is anything written or deleted.
     if writes:
         delete_run(old_run)
@@ -219,17 +227,18 @@ def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor
             bar.set_postfix(loss=f"{value:.4f}", epoch=epoch + 1)
             done = step + 1
             if writes and done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
-                run.save_snapshot(model if ema is None else ema, done, time.perf_counter() - t0)
+                run.save_snapshot(model if ema is None else shipped(), done, time.perf_counter() - t0)
             if writes and done % cfg["save_every"] == 0 and done < stop:
                 log.flush()  # loss.csv holds every row up to the checkpoint
-                run.save(model, opt, generator, done, time.perf_counter() - t0, ema)
+                run.save(model, opt, generator, done, time.perf_counter() - t0, None if ema is None else shipped())
     finally:
         log.close()
         bar.close()
+    final = model.eval() if ema is None else shipped()
     if writes:
-        run.save(model, opt, generator, stop, time.perf_counter() - t0, ema)
+        run.save(model, opt, generator, stop, time.perf_counter() - t0, None if ema is None else final)
         plot_loss(out)
-    return (model if ema is None else ema).eval()
+    return final
 
 
 def _parse_epochs(text: str | None) -> list[int] | None:
