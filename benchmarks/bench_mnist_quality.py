@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from minidiff.data import heldout_set, training_set
-from minidiff.metrics import frechet_distance, judge_accuracy, judge_features, psnr
-from minidiff.mnist_pipeline import function_evaluations, load_mnist_model, sample_digits
+from minidiff.metrics import faint_share, frechet_distance, judge_accuracy, judge_features, psnr
+from minidiff.mnist_pipeline import DEFAULT_MODEL, function_evaluations, load_mnist_model, sample_digits
 
 SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--table-per-class", type=int, default=20, help="digits per class for the steps table")
-    p.add_argument("--parts", default="judge,flow,table,snapshots,flow-time,ddpm,denoiser")
+    p.add_argument("--parts", default="judge,default,flow,table,snapshots,flow-time,ddpm,denoiser")
     args = p.parse_args()
     w = Path(args.weights)
     parts = set(args.parts.split(","))
@@ -70,6 +70,21 @@ def main() -> None:
                                        progress=False, **kw)
         dt = time.perf_counter() - t0
         return images, labels, dt
+
+    if "default" in parts:  # what `minidiff sample-digits` gives when told nothing
+        m = load_mnist_model(w / DEFAULT_MODEL)
+        s = m.config["sampler"]
+        t0 = time.perf_counter()
+        images, labels = sample_digits(m, per_class=args.per_class, progress=False)
+        dt = time.perf_counter() - t0
+        report("default_model", {
+            "model": DEFAULT_MODEL, "sampler": s,
+            "nfe": function_evaluations(s["method"], s["steps"], s.get("final_denoise", 0.0)),
+            "digits": int(labels.shape[0]), "judge_accuracy": judge_accuracy(judge, images, labels),
+            "fd_vs_heldout": fd(images), "faint": faint_share(images), "seconds": round(dt, 1)})
+        small, small_labels = sample_digits(m, per_class=5, progress=False)
+        report("default_test_sample", {"model": DEFAULT_MODEL, "per_class": 5, "seed": 0,
+                                       "judge_accuracy": judge_accuracy(judge, small, small_labels)})
 
     if "flow" in parts:
         m = load_mnist_model(w / "flow-class")

@@ -41,6 +41,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def noise_level(text: str) -> float:
+    """argparse type: a noise level s in [0, 1) (a flow time 1 - s in (0, 1])."""
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1) (0: no final step), got {text!r}")
+    return value
+
+
 def device_arg(text: str) -> str:
     """argparse type: a device PyTorch has here ("cpu", "cuda", "cuda:1", "mps"), checked before any work."""
     if text == "cpu":
@@ -121,16 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_lesson_options(q)
     q.set_defaults(func=_lesson)
 
-    q = sub.add_parser("sample-digits", help="sample MNIST digits with the shipped class-conditional model")
+    q = sub.add_parser("sample-digits", help="sample MNIST digits with a shipped class-conditional model",
+                       description="Sample digits of every class with classifier-free guidance. Every setting "
+                                   "left out is the model's own (its config.json, \"sampler\").")
     q.add_argument("--per-class", type=positive_int, default=10, help="digits per class (default 10)")
     q.add_argument("--guidance", type=finite_float, default=None,
-                   help="classifier-free guidance scale (default: 5, the shipped models' own)")
+                   help="classifier-free guidance scale (default: the model's own; 5 for the course's models)")
     q.add_argument("--steps", type=positive_int, default=None,
-                   help="sampler steps (default: the model's own, 8 Heun steps for the shipped flow model)")
+                   help="sampler steps (default: the model's own; 8 Heun steps for the course's flow model)")
+    q.add_argument("--final-denoise", type=noise_level, default=None, metavar="S",
+                   help="flow models: one last denoising step at noise level S in [0, 1), 0 for none "
+                        "(default: the model's own)")
     q.add_argument("--seed", type=int, default=0, help="the same seed gives the same digits (default 0)")
     q.add_argument("--out", required=True, help="output .npz (images uint8 N x 28 x 28, labels int64)")
     q.add_argument("--model", default=None,
-                   help="a shipped model name or a checkpoint directory (default: the shipped flow-class model)")
+                   help="a shipped model name (flow-class-ema, flow-class, ddpm-class) or a checkpoint "
+                        "directory (default: flow-class-ema)")
     q.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     q.set_defaults(func=_sample_digits)
 

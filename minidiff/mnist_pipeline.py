@@ -48,8 +48,8 @@ __all__ = [
 
 WEIGHTS_DIR = shipped_dir("weights") / "mnist"  # weights/mnist of a checkout, or of the installed package
 GUIDANCE = 5.0  # the classifier-free guidance scale of the course's class-conditioned models
-DEFAULT_MODEL = "flow-class"  # what sample_digits and `minidiff sample-digits` use unless told
-SHIPPED = ["flow-class", "flow-time", "ddpm-class", "denoiser", "judge"]
+DEFAULT_MODEL = "flow-class-ema"  # what sample_digits and `minidiff sample-digits` use unless told
+SHIPPED = ["flow-class-ema", "flow-class", "flow-time", "ddpm-class", "denoiser", "judge"]
 
 
 def _resolve(name_or_dir: str | os.PathLike) -> Path:
@@ -154,9 +154,9 @@ def ddpm_timesteps(T: int, steps: int) -> list[int]:
     return ts + [-1]
 
 
-def function_evaluations(method: str, steps: int) -> int:
-    """Network evaluations per sample (a batched CFG pair counts once)."""
-    return 2 * steps - 1 if method == "heun" else steps
+def function_evaluations(method: str, steps: int, final_denoise: float = 0.0) -> int:
+    """Network evaluations per sample (a batched CFG pair counts once), the final denoising step included."""
+    return (2 * steps - 1 if method == "heun" else steps) + (1 if final_denoise else 0)
 
 
 def _sampler(model: MNISTModel, method: str | None, steps: int | None, grid: str | None):
@@ -176,6 +176,17 @@ def _sampler(model: MNISTModel, method: str | None, steps: int | None, grid: str
     if run is None:
         raise ValueError(f"method {method!r} does not fit a {model.kind} model")
     return run, timesteps
+
+
+def _final_denoise(model: MNISTModel, final_denoise: float | None) -> float:
+    """The noise level s of the last denoising step: the given value, else config["sampler"]'s, else 0 (none)."""
+    s = model.config.get("sampler", {}).get("final_denoise", 0.0) if final_denoise is None else final_denoise
+    s = real_number(s, "final_denoise", nonnegative=True)
+    if s >= 1:
+        raise ValueError(f"final_denoise is a noise level s in [0, 1) (the step is taken at flow time 1 - s), got {s}")
+    if s and model.kind != "flow":
+        raise ValueError(f"final_denoise (--final-denoise) needs a flow model; this one is a {model.kind} model: leave it out")
+    return s
 
 
 def _guidance(model: MNISTModel, guidance: float | None,
@@ -200,19 +211,28 @@ def sample_digits(
     batch_size: int = 100,
     progress: bool = True,
     guidance_interval: Sequence[float] | None = None,
+    final_denoise: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """per_class digits of each class 0..9 with classifier-free guidance.
 
     Returns images uint8 (10 * per_class, 28, 28), white digit on black, and labels int64,
     in class order (0, 0, ..., 1, 1, ...). The same seed gives the same digits.
-    Defaults (method, steps, grid, guidance, guidance_interval) come from the model's
-    config["sampler"]; a model without them gets Heun on 8 intervals (15 evaluations, flow)
+    Defaults (method, steps, grid, guidance, guidance_interval, final_denoise) come from the
+    model's config["sampler"]; a model without them gets Heun on 8 intervals (15 evaluations, flow)
     or 300 DDPM steps, guidance GUIDANCE = 5 at every step. guidance_interval (t_lo, t_hi):
     guide only the steps at those times (``minidiff.guidance.cfg``); (0, 1) guides every
     step of a flow model. batch_size: digits per batch (the guided call holds twice as
     many); about 100 keeps a batch's activations in this CPU's caches.
+
+    final_denoise s > 0 (flow models): one more guided evaluation after the sampler, which
+    takes the sample for x_t at t = 1 - s and returns the model's clean estimate x1_hat =
+    x + s v(x, 1 - s), the last denoising step of Jolicoeur-Martineau et al. (2021). The
+    sampler ends with a residual noise of a few 1/255 that the network's velocity, imprecise
+    at t near 1, leaves behind; read as noise of level s of the order of that residual, the
+    network removes it and the background comes out black, as MNIST's is.
     """
     from minidiff.guidance import cfg as cfg_guidance
+    from minidiff.samplers import one_step_denoise
 
     per_class = integer(per_class, "per_class", minimum=1)
     steps = None if steps is None else integer(steps, "steps (None for the model's own)", minimum=1)
@@ -224,6 +244,7 @@ def sample_digits(
                          f"ddpm-class), got a {model.kind}/{model.config['arch']} model")
     guidance, interval = _guidance(model, guidance, guidance_interval)
     run, timesteps = _sampler(model, method, steps, grid)
+    s = _final_denoise(model, final_denoise)
 
     labels = torch.arange(10).repeat_interleave(per_class)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -234,6 +255,8 @@ def sample_digits(
         den = cfg_guidance(model, class_vectors(y, model.device), model.uncond(1), guidance, interval=interval)
         x = run(den, noise[i : i + batch_size].to(model.device), model.schedule, timesteps,
                 generator=generator, progress=progress)
+        if s:
+            x = one_step_denoise(den, x, model.schedule, 1.0 - s)
         out.append(x.float().cpu())
     images = (torch.cat(out).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
     return images, labels.numpy().astype(np.int64)
@@ -245,9 +268,10 @@ def cli_sample_digits(args) -> int:
 
     out = output_file(args.out, ".npz")  # before sampling: a bad --out must not cost the whole run
     model = load_mnist_model(args.model or DEFAULT_MODEL, device=args.device)  # a bad --model fails here, in a second
+    _final_denoise(model, args.final_denoise)  # and a final step the model cannot take
     images, labels = sample_digits(
         model, per_class=args.per_class, guidance=args.guidance, steps=args.steps, seed=args.seed,
-        device=args.device,
+        device=args.device, final_denoise=args.final_denoise,
     )
     # written beside the target and renamed: an existing file is replaced whole or not at all
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.stem}-", suffix=".npz", delete=False) as f:

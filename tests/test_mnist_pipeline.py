@@ -10,7 +10,7 @@ import torch
 
 from minidiff import mnist_pipeline as P
 from minidiff.cli import main
-from minidiff.metrics import judge_accuracy
+from minidiff.metrics import faint_share, judge_accuracy
 from minidiff.recipes import build_from_config, recipe_config
 from minidiff.run_folder import save_checkpoint
 
@@ -113,6 +113,50 @@ def test_every_shipped_model_loads():
         m = P.load_mnist_model(name)
         assert isinstance(m.net, torch.nn.Module)
         assert m.config["kind"] in ("flow", "ddpm", "denoiser", "judge")
+
+
+def test_the_default_model_at_its_own_settings_gives_the_documented_judge_accuracy():
+    """sample_digits told nothing but the count and seed samples flow-class-ema with its config's
+    sampler (Euler 8, guidance 1.75, a final denoising step): the judge's accuracy is the one in
+    quality.json (one digit of slack), and a final denoising step leaves fewer faint pixels."""
+    doc = json.loads(QUALITY.read_text())["default_test_sample"]
+    assert doc["model"] == P.DEFAULT_MODEL == "flow-class-ema"
+    images, labels = P.sample_digits(per_class=doc["per_class"], seed=doc["seed"], progress=False)
+    judge = P.load_mnist_model("judge").net
+    acc = judge_accuracy(judge, images, labels)
+    assert abs(acc - doc["judge_accuracy"]) <= 1 / labels.shape[0] + 1e-9 and acc >= 0.95
+    raw, _ = P.sample_digits(per_class=doc["per_class"], seed=doc["seed"], progress=False, final_denoise=0)
+    assert faint_share(images) < 0.6 * faint_share(raw)
+
+
+def test_final_denoise_is_one_more_clean_estimate_at_time_1_minus_s(tiny_checkpoints):
+    """final_denoise = s: the sample x becomes x + s v_guided(x, 1 - s), i.e. one_step_denoise at t = 1 - s."""
+    from minidiff.guidance import cfg
+    from minidiff.samplers import flow_euler
+
+    m = P.load_mnist_model(tiny_checkpoints["flow-class"])
+    images, _ = P.sample_digits(m, per_class=1, guidance=3.0, steps=2, method="euler", progress=False,
+                                final_denoise=0.1)
+    noise = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    den = cfg(m, P.class_vectors(torch.arange(10)), m.uncond(1), 3.0)
+    x = flow_euler(den, noise, m.schedule, P.flow_time_grid(2), progress=False)
+    x = x + 0.1 * den(x, torch.full((10,), 0.9))
+    expected = (x.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+    plain, _ = P.sample_digits(m, per_class=1, guidance=3.0, steps=2, method="euler", progress=False)
+    assert not np.array_equal(images, plain)
+    assert P.function_evaluations("euler", 8, 0.025) == 9 and P.function_evaluations("heun", 4, 0.0) == 7
+
+
+@pytest.mark.parametrize("s, match", [(1.0, r"\[0, 1\)"), (-0.1, "final_denoise"), (float("nan"), "final_denoise")])
+def test_a_bad_final_denoise_is_refused(tiny_checkpoints, s, match):
+    with pytest.raises(ValueError, match=match):
+        P.sample_digits(tiny_checkpoints["flow-class"], per_class=1, steps=1, progress=False, final_denoise=s)
+
+
+def test_final_denoise_needs_a_flow_model(tiny_checkpoints):
+    with pytest.raises(ValueError, match="needs a flow model"):
+        P.sample_digits(tiny_checkpoints["ddpm-class"], per_class=1, steps=2, progress=False, final_denoise=0.05)
 
 
 def test_shipped_flow_model_gives_the_documented_judge_accuracy():

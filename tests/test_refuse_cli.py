@@ -54,6 +54,10 @@ CASES = [
     ("guidance-nan", "sample-digits --guidance nan --out {tmp}/d.npz", r"--guidance.*finite"),
     ("guidance-inf", "sample-digits --guidance inf --out {tmp}/d.npz", r"--guidance.*finite"),
     ("guidance-text", "sample-digits --guidance strong --out {tmp}/d.npz", r"--guidance.*number"),
+    ("final-denoise-one", "sample-digits --final-denoise 1 --out {tmp}/d.npz", r"--final-denoise.*\[0, 1\)"),
+    ("final-denoise-text", "sample-digits --final-denoise some --out {tmp}/d.npz", r"--final-denoise.*number"),
+    ("final-denoise-ddpm", "sample-digits --model ddpm-class --final-denoise 0.1 --out {tmp}/d.npz",
+     r"--final-denoise\) needs a flow model"),
     # sample-digits: where it writes, what it reads, where it runs
     ("out-not-npz", "sample-digits --out {tmp}/digits.png", r"--out must name a \.npz file"),
     ("out-is-a-folder", "sample-digits --out {tmp}/a_folder.npz", r"a_folder\.npz is a folder"),
