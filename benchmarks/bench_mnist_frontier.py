@@ -7,7 +7,9 @@ For every class-conditioned model and each of its samplers, 1,000 digits (100 pe
 seed 0) at each budget of network evaluations per digit (a batched guidance pair counts
 once; Heun's k steps cost 2k - 1, so a budget of 8 runs 4 Heun steps for 7 evaluations).
 Each model samples with its own guidance settings (config["sampler"], else scale 5 at
-every step), so the course's models are measured at the course's settings.
+every step), so the course's models are measured at the course's settings. A model whose
+settings end with a final denoising step (flow-class-ema) spends one evaluation of each
+budget on it, except a budget of 1, which is one plain step.
 
 Every set is compared with the same 2,000 held-out digits (t10k[8000:], never trained on):
 - accuracy: the share the shipped judge reads as the class asked for;
@@ -38,9 +40,16 @@ def steps_for(method: str, evals: int) -> int | None:
     return steps if steps >= 1 else None
 
 
+def plan(method: str, budget: int, final_denoise: float) -> tuple[int | None, float]:
+    """(steps, final_denoise) within a budget: the final step takes one evaluation when there are two."""
+    if final_denoise and budget >= 2:
+        return steps_for(method, budget - 1), final_denoise
+    return steps_for(method, budget), 0.0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="flow-class,ddpm-class", help="shipped names or checkpoint folders")
+    p.add_argument("--models", default="flow-class-ema,flow-class,ddpm-class", help="shipped names or checkpoint folders")
     p.add_argument("--evals", default="1,2,4,8,16")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--data", default=None, help="MNIST folder (default: the usual search)")
@@ -63,19 +72,20 @@ def main() -> None:
         model = load_mnist_model(name)
         for method in SAMPLERS[model.kind]:
             for budget in (int(e) for e in args.evals.split(",")):
-                steps = steps_for(method, budget)
-                evals = function_evaluations(method, steps)
-                if rows and rows[-1][:3] == [name, method, steps]:
+                steps, final = plan(method, budget, model.config.get("sampler", {}).get("final_denoise", 0.0))
+                evals = function_evaluations(method, steps, final)
+                if rows and rows[-1][0] == name and rows[-1][2:4] == [steps, evals] and rows[-1][1].startswith(method):
                     continue  # the same run as the smaller budget (Heun at 1 and 2)
                 t0 = time.perf_counter()
                 images, labels = sample_digits(model, per_class=args.per_class, steps=steps, method=method,
-                                               seed=0, progress=False)
+                                               seed=0, progress=False, final_denoise=final)
                 seconds = time.perf_counter() - t0
                 acc = judge_accuracy(judge, images, labels)
                 fd = frechet_distance(judge_features(judge, images), f_ho)
                 faint = faint_share(images)
-                rows.append([name, method, steps, evals, acc, fd, fd / floor, faint, seconds])
-                print(f"| {name} | {method} | {steps} | {evals} | {100 * acc:.1f}% | {fd:.1f} | {fd / floor:.2f} "
+                sampler = f"{method} + final step" if final else method
+                rows.append([name, sampler, steps, evals, acc, fd, fd / floor, faint, seconds])
+                print(f"| {name} | {sampler} | {steps} | {evals} | {100 * acc:.1f}% | {fd:.1f} | {fd / floor:.2f} "
                       f"| {100 * faint:.2f}% | {seconds:.0f} |", flush=True)
     if args.json:
         keys = ["model", "sampler", "steps", "evaluations", "accuracy", "fd", "fd_over_floor", "faint", "seconds"]
