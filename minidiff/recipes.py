@@ -359,8 +359,9 @@ def recompute_batchnorm(model: nn.Module, cfg: dict[str, Any], schedule: DDPMSch
 
     An average of the weights (``ema_update``) never runs forward during training: the running
     mean and variance it carries were copied from the trained weights and describe another
-    network's activations, which costs the average much of what it gains (a flow model's FD
-    doubled). As for stochastic weight averaging (Izmailov et al., 2018), the fix is one pass
+    network's activations (on the shipped flow-class-ema at its default settings: FD 23.4 and
+    27% faint pixels with the copied statistics, 18.5 and 8.5% with its own). As for
+    stochastic weight averaging (Izmailov et al., 2018), the fix is one pass
     over training batches in train mode with momentum None, so that each statistic is the plain
     average over `batches` batches of cfg's recipe inputs (x_t, t, c as ``batch_loss`` draws
     them) from images x (N, 1, 28, 28) and labels y (N,). The draws come from a generator of
