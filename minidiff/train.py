@@ -5,7 +5,8 @@ checkpoints, config.json, loss.csv, snapshots, the resume state) lives in
 ``minidiff.run_folder``. This module is the loop between them: Adam, optionally with the
 course's exponential decay lr_k = lr * gamma^(k / K), gamma = 0.1^(1 / epochs), over steps k
 with K steps per epoch, and, for recipes with ema_decay, an average of the weights
-(``recipes.ema_update``) that the run saves as its model.
+(``recipes.ema_update``) that the run saves as its model, with BatchNorm statistics
+recomputed for it (``recipes.recompute_batchnorm``).
 
 Every random draw (weights, epoch order, noise, t, class drop) comes from seeded
 generators, and a checkpoint stores everything the loop needs, so ``resume`` reproduces
