@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from minidiff.checks import integer, real_number
-from minidiff.models.mnist import class_vector, fold_batchnorm, unet_time, use_channels_last_gelu
+from minidiff.models.mnist import class_vector, fold_batchnorm, unet_time
 from minidiff.paths import shipped_dir
 from minidiff.recipes import schedule_of
 from minidiff.run_folder import load_checkpoint
@@ -111,16 +111,15 @@ class MNISTModel:
 def load_mnist_model(name_or_dir: str | os.PathLike = "flow-class", device: str | torch.device = "cpu") -> MNISTModel:
     """A shipped model by name (weights/mnist/<name>) or any checkpoint folder, wrapped as an MNISTModel.
 
-    Made for inference: BatchNorm is folded into the convolutions (``fold_batchnorm``), the
-    UNets are stored channels_last and take their GELUs on the dense view of that layout
-    (``use_channels_last_gelu``); the outputs equal the trained network's up to
+    Made for inference: BatchNorm is folded into the convolutions (``fold_batchnorm``) and
+    the UNets are stored channels_last; the outputs equal the trained network's up to
     float rounding (a few 1e-6), in about half the time on a CPU. For training further,
     load the checkpoint itself with ``minidiff.run_folder.load_checkpoint``.
     """
     net, config = load_checkpoint(_resolve(name_or_dir), device=device)
     model = MNISTModel(fold_batchnorm(net), config)
     if model.channels_last:
-        model.net = use_channels_last_gelu(model.net.to(memory_format=torch.channels_last))
+        model.net = model.net.to(memory_format=torch.channels_last)
     return model
 
 

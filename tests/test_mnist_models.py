@@ -129,37 +129,3 @@ def test_folding_batchnorm_into_the_convolutions_keeps_the_outputs(arch):
     args = {"unconditional": (x,), "time": (x, t), "class": (x, t, c)}[arch]
     with torch.no_grad():
         torch.testing.assert_close(folded(*args), net(*args), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_channels_last_gelu_is_gelu_of_the_same_tensor_in_the_same_layout(approximate):
-    """ChannelsLastGELU(x) == GELU(x) for channels_last, NCHW and 2-D inputs, and keeps x's layout."""
-    from minidiff.models.mnist import ChannelsLastGELU
-
-    torch.manual_seed(0)
-    gelu, plain = ChannelsLastGELU(approximate=approximate), torch.nn.GELU(approximate=approximate)
-    x = torch.randn(3, 5, 7, 6) * 3
-    for inp in (x.contiguous(memory_format=torch.channels_last), x, torch.randn(4, 9)):
-        out = gelu(inp)
-        torch.testing.assert_close(out, plain(inp), atol=1e-6, rtol=1e-6)
-        assert out.stride() == plain(inp).stride()
-
-
-def test_the_loaded_unet_takes_every_gelu_on_the_dense_view_and_keeps_its_outputs(tmp_path):
-    """load_mnist_model swaps each nn.GELU for a ChannelsLastGELU; the model still computes the
-    checkpoint's network (eval mode) up to float rounding."""
-    from minidiff.mnist_pipeline import load_mnist_model
-    from minidiff.models.mnist import ChannelsLastGELU
-    from minidiff.recipes import build_from_config, recipe_config
-    from minidiff.run_folder import save_checkpoint
-
-    torch.manual_seed(0)
-    cfg = recipe_config("flow-class", num_hiddens=8)
-    net = build_from_config(cfg).eval()
-    save_checkpoint(net, cfg, tmp_path / "m")
-    model = load_mnist_model(tmp_path / "m")
-    gelus = [m for m in model.net.modules() if isinstance(m, torch.nn.GELU)]
-    assert gelus and all(type(m) is ChannelsLastGELU for m in gelus)
-    x, t, c = torch.randn(4, 1, 28, 28), torch.rand(4), torch.eye(10)[:4]
-    with torch.no_grad():
-        torch.testing.assert_close(model(x, t, c), net(x, t, c), atol=1e-5, rtol=1e-5)

@@ -57,8 +57,6 @@ __all__ = [
     "unet_time",
     "build_model",
     "fold_batchnorm",
-    "ChannelsLastGELU",
-    "use_channels_last_gelu",
     "forward_flops",
     "NUM_CLASSES",
 ]
@@ -376,29 +374,6 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
         conv.weight.mul_(s.reshape(shape))
         conv.bias.copy_(s * (conv.bias - bn.running_mean) + bn.bias)
         block[1] = nn.Identity()
-    return net
-
-
-class ChannelsLastGELU(nn.GELU):
-    """GELU that takes a channels_last (B, C, H, W) tensor as the dense (B, H, W, C) tensor it is.
-
-    The values are GELU's (to float rounding), but PyTorch's CPU kernel runs its vectorized
-    loop only over a tensor it sees as contiguous, and a channels_last tensor is not, in NCHW
-    terms: on the permuted view the same pass took 0.5-0.85x the time on this 2-core CPU.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return super().forward(x)
-
-
-def use_channels_last_gelu(net: nn.Module) -> nn.Module:
-    """Replace every nn.GELU of net by a ChannelsLastGELU with the same approximation, in place; return net."""
-    for module in list(net.modules()):
-        for name, child in module.named_children():
-            if type(child) is nn.GELU:
-                setattr(module, name, ChannelsLastGELU(approximate=child.approximate))
     return net
 
 
