@@ -68,14 +68,16 @@ def main() -> None:
     rows = []
     print("| model | sampler | steps | evaluations | accuracy | FD | FD / floor | faint pixels | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
+    measured = set()
     for name in args.models.split(","):
         model = load_mnist_model(name)
         for method in SAMPLERS[model.kind]:
             for budget in (int(e) for e in args.evals.split(",")):
                 steps, final = plan(method, budget, model.config.get("sampler", {}).get("final_denoise", 0.0))
                 evals = function_evaluations(method, steps, final)
-                if rows and rows[-1][0] == name and rows[-1][2:4] == [steps, evals] and rows[-1][1].startswith(method):
-                    continue  # the same run as the smaller budget (Heun at 1 and 2)
+                if (name, method, steps, final) in measured:
+                    continue  # the same run as a smaller budget (Heun at 1 and 2)
+                measured.add((name, method, steps, final))
                 t0 = time.perf_counter()
                 images, labels = sample_digits(model, per_class=args.per_class, steps=steps, method=method,
                                                seed=0, progress=False, final_denoise=final)

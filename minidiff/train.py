@@ -189,11 +189,18 @@ def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor
     start_step, wall_before = run.resume(model, opt, generator, ema) if resume else (0, 0.0)
     net = _parallel(model, procs, device)  # after resume: DDP starts from the loaded weights
 
-    def shipped() -> nn.Module:
-        """What a checkpoint holds as the model when there is an average: a copy of it with
-        BatchNorm statistics of its own. The average in training keeps the copied ones (the next
-        ema_update overwrites them anyway), so saving changes nothing that resume depends on."""
-        return recompute_batchnorm(copy.deepcopy(ema), cfg, schedule, x_all, y_all)
+    shipped_at: dict[int, nn.Module] = {}
+
+    def shipped(step: int) -> nn.Module:
+        """What a checkpoint after `step` steps holds as the model when there is an average: a
+        copy of it with BatchNorm statistics of its own, made once per step (a snapshot, a
+        checkpoint and the end can fall on one step). The average in training keeps the copied
+        statistics (the next ema_update overwrites them anyway), so saving changes nothing that
+        resume depends on."""
+        if step not in shipped_at:
+            shipped_at.clear()
+            shipped_at[step] = recompute_batchnorm(copy.deepcopy(ema), cfg, schedule, x_all, y_all)
+        return shipped_at[step]
 
     # Every check passed: only now is anything written or deleted.
     if writes:
@@ -228,14 +235,14 @@ def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor
             bar.set_postfix(loss=f"{value:.4f}", epoch=epoch + 1)
             done = step + 1
             if writes and done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
-                run.save_snapshot(model if ema is None else shipped(), done, time.perf_counter() - t0)
+                run.save_snapshot(model if ema is None else shipped(done), done, time.perf_counter() - t0)
             if writes and done % cfg["save_every"] == 0 and done < stop:
                 log.flush()  # loss.csv holds every row up to the checkpoint
-                run.save(model, opt, generator, done, time.perf_counter() - t0, None if ema is None else shipped())
+                run.save(model, opt, generator, done, time.perf_counter() - t0, None if ema is None else shipped(done))
     finally:
         log.close()
         bar.close()
-    final = model.eval() if ema is None else shipped()
+    final = model.eval() if ema is None else shipped(stop)
     if writes:
         run.save(model, opt, generator, stop, time.perf_counter() - t0, None if ema is None else final)
         plot_loss(out)
