@@ -10,12 +10,14 @@ the median round is reported. Training = forward + backward + Adam step on the
 class-conditioned UNet (3x the forward FLOPs); sampling = one no-grad forward in eval mode.
 The roof is this machine's fp32 matmul rate, measured here on 2048 x 2048 matrices.
 
-    python benchmarks/bench_mnist_speed.py --digits 1000 [--model flow-class]
+    python benchmarks/bench_mnist_speed.py --digits 1000 [--model flow-class] [--compile]
 
 times `sample_digits` end to end instead (the CLI's `minidiff sample-digits` at its
 defaults: the default model, its sampler, guidance and batch size), alternating with the
 roof measurement, and counts every image the network sees (a guided step sees each digit
-twice) to give the rate in GFLOP/s and as a share of the roof.
+twice) to give the rate in GFLOP/s and as a share of the roof. --compile adds the network
+under ``compile_for_inference`` (`minidiff sample-digits --compile`), timed in alternating
+rounds with the eager one after its compilation.
 """
 
 from __future__ import annotations
@@ -75,28 +77,56 @@ def rate(fn, batch: int, iters: int) -> float:
     return batch * iters / (time.perf_counter() - t0)
 
 
-def digits_rate(n_digits: int, model_name: str | None, rounds: int) -> None:
-    """Time sample_digits for n_digits (median of rounds) against the matmul roof, measured alternately."""
+class _Counted(torch.nn.Module):
+    """The network, counting the images it sees (a compiled network takes no forward hooks)."""
+
+    def __init__(self, net: torch.nn.Module, seen: list[int]) -> None:
+        super().__init__()
+        self.net, self.seen = net, seen
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.shape[0])
+        return self.net(x, *args)
+
+
+def digits_rate(n_digits: int, model_name: str | None, rounds: int, compile: bool) -> None:
+    """Time sample_digits for n_digits (median of rounds) against the matmul roof, measured alternately.
+
+    With compile, the eager and the compiled network run in alternating rounds too; the
+    compiled one's first call (the compilation) is timed apart, on one batch of 100 digits.
+    """
     from minidiff.mnist_pipeline import DEFAULT_MODEL, load_mnist_model, sample_digits
 
-    model = load_mnist_model(model_name or DEFAULT_MODEL)
-    seen = []
-    model.net.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    name = model_name or DEFAULT_MODEL
     per_class = max(1, n_digits // 10)
-    times, roofs = [], []
+    models = {"eager": load_mnist_model(name)}
+    seen: list[int] = []
+    if compile:
+        models["compiled"] = load_mnist_model(name, compile=True)
+        t0 = time.perf_counter()
+        sample_digits(models["compiled"], per_class=10, progress=False)
+        print(f"compiled: first 100 digits (compilation included) in {time.perf_counter() - t0:.1f} s")
+    for model in models.values():
+        model.net = _Counted(model.net, seen)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    roofs, images_seen = [], 0
     for _ in range(rounds):
         roofs.append(matmul_roof())
-        seen.clear()
-        t0 = time.perf_counter()
-        sample_digits(model, per_class=per_class, progress=False)
-        times.append(time.perf_counter() - t0)
-    seconds, roof = statistics.median(times), statistics.median(roofs)
-    images_seen = sum(seen)
-    gflops = images_seen * forward_flops(model.config["num_hiddens"]) / seconds / 1e9
-    print(f"{model_name or DEFAULT_MODEL}: {10 * per_class} digits in {seconds:.2f} s (median of {rounds}; "
-          f"min {min(times):.2f}) = {10 * per_class / seconds:.1f} digits/s; {images_seen} images through the "
-          f"network = {gflops:.1f} GFLOP/s = {100 * gflops * 1e9 / roof:.1f}% of the {roof / 1e9:.1f} GFLOP/s "
-          f"matmul roof, threads {torch.get_num_threads()}")
+        for key, model in models.items():
+            seen.clear()
+            t0 = time.perf_counter()
+            sample_digits(model, per_class=per_class, progress=False)
+            times[key].append(time.perf_counter() - t0)
+            images_seen = sum(seen)
+    roof = statistics.median(roofs)
+    print(f"{name}: {10 * per_class} digits, {images_seen} images through the network; matmul roof "
+          f"{roof / 1e9:.1f} GFLOP/s (median of {rounds}: {' '.join(f'{r / 1e9:.0f}' for r in roofs)}); "
+          f"threads {torch.get_num_threads()}")
+    for key, ts in times.items():
+        seconds = statistics.median(ts)
+        gflops = images_seen * forward_flops(models[key].config["num_hiddens"]) / seconds / 1e9
+        print(f"  {key:8s} {seconds:6.2f} s (median; rounds {' '.join(f'{t:.2f}' for t in ts)}) = "
+              f"{10 * per_class / seconds:6.1f} digits/s = {gflops:5.1f} GFLOP/s = {100 * gflops * 1e9 / roof:.1f}% of the roof")
 
 
 def main() -> None:
@@ -108,9 +138,10 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--digits", type=int, default=0, help="time sample_digits for this many digits instead")
     p.add_argument("--model", default=None, help="with --digits: the model (default: sample-digits' own)")
+    p.add_argument("--compile", action="store_true", help="with --digits: also time the compiled network")
     args = p.parse_args()
     if args.digits:
-        return digits_rate(args.digits, args.model, args.rounds)
+        return digits_rate(args.digits, args.model, args.rounds, args.compile)
 
     flops = forward_flops(args.hidden)
     variants = {"plain": make(False, args.hidden, args.batch), "minidiff": make(True, args.hidden, args.batch)}

@@ -272,6 +272,7 @@ def cli_train(args) -> int:
         snapshot_epochs=_parse_epochs(args.snapshot_epochs),
         data=args.data,
         ema_decay=args.ema,
+        time_power=args.time_power,
         train_data="train split (train-* or train5k-*) + t10k[:8000]; held out: t10k[8000:]",
         **({"num_hiddens": args.hidden} if args.recipe != "judge" else {"width": args.hidden}),
     )

@@ -104,6 +104,30 @@ def test_cli_sample_digits_writes_the_npz(tiny_checkpoints, tmp_path):
     assert main(["sample-digits", "--out", str(tmp_path / "d.png"), "--model", str(tiny_checkpoints["flow-class"])]) == 2
 
 
+def test_a_compiled_model_gives_the_eager_models_outputs_and_digits(tiny_checkpoints):
+    """compile_for_inference changes how the network runs, not what it computes (float rounding aside)."""
+    eager = P.load_mnist_model(tiny_checkpoints["flow-class"])
+    compiled = P.load_mnist_model(tiny_checkpoints["flow-class"], compile=True)
+    assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule)
+    g = torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(20, 1, 28, 28, generator=g), torch.rand(20, generator=g), P.class_vectors(torch.arange(20) % 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x, t, c), eager(x, t, c), rtol=1e-4, atol=1e-5)
+    kw = dict(per_class=2, guidance=3.0, steps=2, method="euler", progress=False, batch_size=10)  # guided: 20 rows, as above
+    a, _ = P.sample_digits(eager, **kw)
+    b, _ = P.sample_digits(compiled, **kw)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # a pixel may round to the next level
+
+
+def test_compiling_without_a_cpp_compiler_is_refused_before_any_work(tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(P.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler .* or sample without compiling"):
+        P.load_mnist_model(tiny_checkpoints["flow-class"], compile=True)
+    out = tmp_path / "d.npz"
+    assert main(["sample-digits", "--compile", "--out", str(out), "--model", str(tiny_checkpoints["flow-class"])]) == 2
+    assert "C++ compiler" in capsys.readouterr().err and not out.exists()
+
+
 QUALITY = P.WEIGHTS_DIR / "quality.json"
 
 

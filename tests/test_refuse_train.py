@@ -166,6 +166,10 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
     ("snapshot-letters", lambda c: c.cli("--snapshot-epochs", "a,b"), ValueError,
      r"--snapshot-epochs takes whole epochs separated by commas.*got 'a,b'"),
     ("snapshot-fraction", lambda c: c.cli("--snapshot-epochs", "1.5"), ValueError, r"--snapshot-epochs takes whole"),
+    ("time-power-0", lambda c: c.cli("--time-power", "0"), ValueError, r"time_power \(--time-power\) must be > 0"),
+    ("time-power-nan", lambda c: c.cli("--time-power", "nan"), ValueError, r"time_power \(--time-power\) must be a finite"),
+    ("time-power-ddpm", lambda c: R.recipe_config("ddpm-class", time_power=2), ValueError,
+     r"time_power \(--time-power\) sets how a flow recipe draws its times; ddpm-class is a ddpm recipe"),
     # -- the command line: folders -------------------------------------------------------
     ("out-is-a-file", lambda c: c.cli(out=_write(c.tmp / "f.txt", "x")), ValueError, r"f\.txt is a file; give a folder"),
     ("out-under-a-file", lambda c: c.cli(out=_write(c.tmp / "f.txt", "x") / "run"), ValueError,

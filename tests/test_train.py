@@ -87,6 +87,49 @@ def test_flow_targets_match_the_definition():
     torch.testing.assert_close(loss, (u**2).mean())
 
 
+@pytest.mark.parametrize("power", [0.5, 2.0, 3.0])
+def test_flow_times_with_a_power_are_one_minus_the_power_of_uniform_draws(power):
+    """time_power p: t = 1 - (1 - r)^p for the very r the uniform draw would use; x0 is unchanged."""
+    x1, _ = fake_digits(8)
+    x_t1, t1, u1 = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5))
+    x_tp, tp, up = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5), time_power=power)
+    torch.testing.assert_close(tp, 1 - (1 - t1) ** power)
+    assert torch.equal(up, u1)  # the same noise: only where on the path each digit sits changes
+    tt = tp.view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_tp + (1 - tt) * up, x1)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
+def test_the_share_of_flow_times_above_1_minus_eps_is_eps_to_the_1_over_p(power):
+    """P(t > 1 - eps) = P((1 - r)^p < eps) = eps^(1/p): the data end gets eps^(1/p) of the training."""
+    x1 = torch.zeros(100_000, 1, 1, 1)
+    _, t, _ = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(0), time_power=power)
+    for eps in (0.025, 0.1, 0.5):
+        share = (t > 1 - eps).float().mean().item()
+        assert abs(share - eps ** (1 / power)) < 0.006, (eps, share)
+
+
+def test_time_power_is_a_flow_setting_and_must_be_positive():
+    assert "time_power" not in R.recipe_config("flow-class-ema")
+    assert R.recipe_config("flow-class", time_power=2)["time_power"] == 2.0
+    with pytest.raises(ValueError, match="time_power.*flow recipe"):
+        R.recipe_config("ddpm-class", time_power=2)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="time_power"):
+            R.recipe_config("flow-class", time_power=bad)
+
+
+def test_a_time_power_changes_the_loss_a_batch_trains_on():
+    """batch_loss passes the config's time_power on: the same seed, other times, another loss."""
+    cfg = tiny("flow-class")
+    torch.manual_seed(0)
+    model = R.build_from_config(cfg).eval()
+    x, y = fake_digits(16)
+    losses = [R.batch_loss({**cfg, "time_power": p}, model, FlowSchedule(), x, y, torch.Generator().manual_seed(0))
+              for p in (1.0, 1.0, 3.0)]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+
+
 @pytest.mark.parametrize("recipe", ["denoiser", "pure-noise", "ddpm-class", "flow-time", "judge"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(recipe):
     cfg = tiny(recipe, lr=1e-3, channels_last=False)
