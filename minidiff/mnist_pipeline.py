@@ -137,8 +137,9 @@ def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
     to oneDNN with its weights packed once in oneDNN's blocked layout and with the GELU that
     follows it fused in, instead of reordering the weights and re-reading the activations on
     every call. The outputs equal the eager network's up to float rounding. The first call
-    for each batch shape compiles (tens of seconds on a 2-core CPU, less when inductor's cache
-    under /tmp already holds the graph); it pays when a run makes thousands of digits.
+    for each batch shape compiles (about 25 s on a 2-core CPU, under 10 s when inductor's
+    cache under /tmp already holds the graph); after it, sampling digits ran 1.3x faster
+    (weights/README.md, "The default model"), so it pays from a few thousand digits.
     On a CPU this needs a C++ compiler; the check below names it before any work.
     """
     on_cpu = next(net.parameters()).device.type == "cpu"

@@ -12,7 +12,8 @@ digits x in [0, 1]:
     judge       cross-entropy of the classifier on randomly shifted digits
 
 (*-class recipes drop the class vector to zero with p_uncond = 0.1, for classifier-free
-guidance.) x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
+guidance; a flow recipe with ``time_power`` p draws t = 1 - (1 - U)^p instead, see
+``flow_targets``.) x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
 ``FlowSchedule.add_noise``), the same ones the samplers invert. Any recipe can also keep an
 exponential moving average of its weights (``ema_decay``, ``ema_update``) and ship the
 average instead of the last step's weights.
