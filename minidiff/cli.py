@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--compile", action="store_true",
                    help="compile the network first (torch.compile with frozen weights; needs a C++ compiler on "
                         "a CPU): the first batch waits about 25 s (less once the compiled graph is cached), then "
-                        "sampling runs about 1.3x faster; pays from a few thousand digits")
+                        "sampling runs 1.0-1.4x faster; pays from a few thousand digits")
     q.set_defaults(func=_sample_digits)
 
     q = sub.add_parser("train", help="train a Part B model (see 'minidiff train --help')",
