@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep an exponential moving average of the weights (e.g. 0.999) and save it as the model")
     q.add_argument("--time-power", type=float, default=None, metavar="P",
                    help="flow recipes: draw training times t = 1 - (1 - r)^P, r uniform; P > 1 trains more "
-                        "near the data end (default: the recipe's, else 1)")
+                        "near the data end (default 1: uniform, the course's)")
     q.add_argument("--amp", choices=["bf16"], default=None,
                    help="compute forward and loss under bfloat16 autocast (default: float32)")
     q.add_argument("--save-every", type=int, default=None, help="checkpoint every N >= 1 steps (default 500)")

@@ -87,7 +87,8 @@ _ARCHS_OF = {"denoiser": ("unconditional",), "pure-noise": ("unconditional",), "
              "flow": ("time", "class"), "judge": ("judge",)}
 # The command-line flag of each setting, for error messages.
 _FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
-          "ema_decay": "--ema", "time_power": "--time-power", "width": "--hidden", "seed": "--seed", "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
+          "ema_decay": "--ema", "time_power": "--time-power", "width": "--hidden", "seed": "--seed",
+          "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
 
 
 # ----------------------------------------------------------------------------------------

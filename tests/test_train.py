@@ -91,7 +91,7 @@ def test_flow_targets_match_the_definition():
 def test_flow_times_with_a_power_are_one_minus_the_power_of_uniform_draws(power):
     """time_power p: t = 1 - (1 - r)^p for the very r the uniform draw would use; x0 is unchanged."""
     x1, _ = fake_digits(8)
-    x_t1, t1, u1 = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5))
+    _, t1, u1 = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5))
     x_tp, tp, up = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5), time_power=power)
     torch.testing.assert_close(tp, 1 - (1 - t1) ** power)
     assert torch.equal(up, u1)  # the same noise: only where on the path each digit sits changes
