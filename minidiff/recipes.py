@@ -294,7 +294,7 @@ def flow_targets(
     """
     x0 = _randn_like(x1, generator)
     t = torch.rand(x1.shape[0], generator=generator)
-    if time_power != 1.0:
+    if time_power != 1.0:  # at 1 the course's recipes keep drawing, bit for bit, what they always drew
         t = 1 - (1 - t) ** time_power
     t = t.to(x1.device)
     return schedule.add_noise(x1, x0, t), t, x1 - x0  # u: the path's constant velocity
@@ -307,7 +307,8 @@ def diffusion_loss(
     """L2 between the network's output at (x_t, t [, c]) and the schedule's target for it.
 
     DDPM: |eps_theta(x_t, t / T [, c]) - eps|^2 (``ddpm_targets``); flow: |u_theta(x_t, t [, c]) - u|^2
-    (``flow_targets``). The network sees t as ``unet_time`` scales it, as when sampling.
+    (``flow_targets``, its times drawn with ``time_power``). The network sees t as
+    ``unet_time`` scales it, as when sampling.
     rows: the rows of the batch this process trains on (see ``_mine``).
     """
     if isinstance(schedule, DDPMSchedule):

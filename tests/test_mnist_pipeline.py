@@ -104,7 +104,7 @@ def test_cli_sample_digits_writes_the_npz(tiny_checkpoints, tmp_path):
     assert main(["sample-digits", "--out", str(tmp_path / "d.png"), "--model", str(tiny_checkpoints["flow-class"])]) == 2
 
 
-@pytest.mark.skipif(not any(P.shutil.which(c) for c in ("g++", "clang++", "c++")),
+@pytest.mark.skipif(P.cpp_compiler() is None,
                     reason="torch.compile on a CPU needs a C++ compiler; the refusal without one is tested below")
 def test_a_compiled_model_gives_the_eager_models_outputs_and_digits(tiny_checkpoints):
     """compile_for_inference changes how the network runs, not what it computes (float rounding aside)."""
