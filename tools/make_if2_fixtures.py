@@ -9,8 +9,12 @@ Writes:
   tests/fixtures/if2_tiny/config.json                         a tiny config using every stage-2 option
   tests/fixtures/if2_tiny/diffusion_pytorch_model.safetensors its random weights (fp32)
   tests/fixtures/if2_tiny/io.safetensors                      fixed inputs and diffusers' outputs
+  tests/fixtures/if2_tiny/io64.safetensors                    the same outputs with the UNet in float64
   tests/fixtures/if2_pipeline.safetensors                     diffusers' IFSuperResolutionPipeline on
                                                               if2_tiny: embeddings, low-res images, outputs
+  tests/fixtures/if2_pipeline_steps.safetensors               the same runs step by step: every UNet call's
+                                                              input and output, every step's x (the loop
+                                                              replayed without the network)
   tests/fixtures/if_keys_ii_l.json                            IF-II-L's parameter names and shapes
                                                               (built on the meta device, no memory)
 
@@ -24,10 +28,12 @@ time_embedding_act_fn gelu, resnet_skip_time_act, 1/0.7071 output scales.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers import DDPMScheduler, IFSuperResolutionPipeline, UNet2DConditionModel
-from make_if_fixtures import FIXTURES, _randomise, make_keys
-from safetensors.torch import save_file
+from make_if_fixtures import FIXTURES, _randomise, make_float64_outputs, make_keys
+from safetensors.torch import load_file, save_file
 
 _STAGE2 = dict(
     mid_block_type="UNetMidBlock2DSimpleCrossAttn",
@@ -120,8 +126,8 @@ PIPELINE_RUNS = [
 ]
 
 
-def make_pipeline_golden() -> None:
-    """IFSuperResolutionPipeline (schedulers as scripts/convert_if.py builds them) on if2_tiny."""
+def _pipeline() -> IFSuperResolutionPipeline:
+    """IFSuperResolutionPipeline on if2_tiny, its schedulers as scripts/convert_if.py builds them."""
     unet = UNet2DConditionModel.from_pretrained(FIXTURES / "if2_tiny").eval()
     scheduler = DDPMScheduler(variance_type="learned_range", beta_schedule="squaredcos_cap_v2",
                               prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.95,
@@ -131,6 +137,12 @@ def make_pipeline_golden() -> None:
                                      safety_checker=None, feature_extractor=None, watermarker=None,
                                      requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_pipeline_golden() -> None:
+    """IFSuperResolutionPipeline (schedulers as scripts/convert_if.py builds them) on if2_tiny."""
+    pipe = _pipeline()
     g = torch.Generator().manual_seed(2)
     B, T, D = 2, 5, TINY_CONFIG["encoder_hid_dim"]
     record = {
@@ -148,7 +160,78 @@ def make_pipeline_golden() -> None:
     print(f"if2_pipeline: runs {[r[0] for r in PIPELINE_RUNS]}, output range {out.min():.3f}..{out.max():.3f}")
 
 
+def _float32_draws(target: torch.dtype):
+    """diffusers' randn_tensor drawing float32 and casting to target: a float64 run keeps the float32 run's noise."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    def draw(shape, generator=None, device=None, dtype=None, **kwargs):
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32, **kwargs).to(target)
+
+    return draw
+
+
+def make_pipeline_steps() -> None:
+    """The PIPELINE_RUNS again, recording what passes between diffusers' UNet and its loop.
+
+    For run R: ``R/x_T`` (B, 3, H, W), the start; ``R/upscaled`` (B, 3, H, W), the noised
+    upscaled image the UNet sees beside x_t; and for step i ``R/t/i`` and ``R/noise_level/i``
+    (2B,), ``R/unet_out/i`` (2B, 6, H, W), rows [uncond, cond] as the pipeline stacks them,
+    and ``R/x/i`` (B, 3, H, W), the sample after the scheduler's step. A loop fed
+    ``unet_out`` in place of the network must produce every ``x`` from the same generator.
+
+    ``R/out64`` is the same run in float64 (the UNet's weights and the whole loop, the
+    random draws made in float32 and cast, so the noise is the float32 run's): it tells how
+    far the float32 golden output lies from its own float64 value.
+    """
+    import diffusers.pipelines.deepfloyd_if.pipeline_if_superresolution as sr
+    import diffusers.schedulers.scheduling_ddpm as ddpm
+
+    pipe, record = _pipeline(), load_file(str(FIXTURES / "if2_pipeline.safetensors"))
+    B = record["low_res"].shape[0]
+    steps, draws = {}, (sr.randn_tensor, ddpm.randn_tensor)
+    for name, timesteps, level, scale in PIPELINE_RUNS:
+        calls, xs = [], []
+        hook = pipe.unet.register_forward_hook(
+            lambda m, args, kwargs, out: calls.append((args[0].clone(), args[1], kwargs["class_labels"], out[0].clone())),
+            with_kwargs=True)
+        step = pipe.scheduler.step
+
+        @functools.wraps(step)  # the pipeline passes the generator only to a step whose signature takes one
+        def recording_step(*args, **kwargs):
+            result = step(*args, **kwargs)
+            xs.append(result[0].clone())
+            return result
+
+        pipe.scheduler.step = recording_step
+        args = dict(prompt_embeds=record["prompt_embeds"], negative_prompt_embeds=record["negative_embeds"].expand(B, -1, -1),
+                    image=record["low_res"], height=16, width=16, timesteps=timesteps, guidance_scale=scale,
+                    noise_level=level, output_type="pt")
+        out = pipe(**args, generator=torch.Generator().manual_seed(7)).images
+        hook.remove()
+        pipe.scheduler.step = step
+        # The golden outputs may come from another CPU: on this one the run differs by float32 rounding.
+        print(f"{name}: {len(calls)} UNet calls, {(out - record[f'out_{name}']).abs().max():.1e} from the golden output")
+        steps[f"{name}/x_T"], steps[f"{name}/upscaled"] = calls[0][0][B:, :3], calls[0][0][B:, 3:]
+        for i, ((_, t, level_i, unet_out), x) in enumerate(zip(calls, xs)):
+            steps[f"{name}/t/{i}"] = torch.as_tensor(t).reshape(-1).expand(2 * B).clone()
+            steps[f"{name}/noise_level/{i}"] = level_i.clone()
+            steps[f"{name}/unet_out/{i}"], steps[f"{name}/x/{i}"] = unet_out, x
+
+        pipe.unet.double()
+        sr.randn_tensor, ddpm.randn_tensor = _float32_draws(torch.float64), _float32_draws(torch.float64)
+        args64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        out64 = pipe(**args64, generator=torch.Generator().manual_seed(7)).images
+        steps[f"{name}/out64"] = out64
+        pipe.unet.float()
+        sr.randn_tensor, ddpm.randn_tensor = draws
+        print(f"{name}: float32 and float64 differ by {(out.double() - out64).abs().max():.1e}")
+    save_file({k: v.contiguous() for k, v in steps.items()}, str(FIXTURES / "if2_pipeline_steps.safetensors"))
+    print(f"if2_pipeline_steps: {sum(k.count('/x/') for k in steps)} steps over {len(PIPELINE_RUNS)} runs")
+
+
 if __name__ == "__main__":
     make_tiny()
+    make_float64_outputs("if2_tiny")
     make_pipeline_golden()
+    make_pipeline_steps()
     make_keys("ii_l", II_L_CONFIG)

@@ -9,6 +9,7 @@ Writes:
   tests/fixtures/if_tiny/config.json                         a tiny config using every stage-1 block type
   tests/fixtures/if_tiny/diffusion_pytorch_model.safetensors its random weights (fp32)
   tests/fixtures/if_tiny/io.safetensors                      fixed inputs and diffusers' outputs
+  tests/fixtures/if_tiny/io64.safetensors                    the same outputs with the UNet in float64
   tests/fixtures/if_keys_xl.json                             IF-I-XL's parameter names and shapes
                                                              (built on the meta device, no memory)
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -114,6 +115,34 @@ def make_tiny() -> None:
     print(f"if_tiny: {n:,} parameters, outputs at t={TIMESTEPS} and per-sample {per_sample.tolist()}")
 
 
+def make_float64_outputs(folder: str) -> None:
+    """``folder/io64.safetensors``: every ``out_*`` of io.safetensors again, the UNet and its inputs in float64.
+
+    A float32 output carries the rounding of the CPU that made it (1e-6 to 1e-5 on these
+    configs); the float64 one is the network's value, the same on any CPU to 1e-12, so the
+    tests can hold a float64 forward to it exactly and a float32 one to a stated multiple of
+    diffusers' own float32 error.
+    """
+    path = FIXTURES / folder
+    unet = UNet2DConditionModel.from_pretrained(path).eval().double()
+    io = load_file(str(path / "io.safetensors"))
+    sample, text = io["sample"].double(), io["encoder_hidden_states"].double()
+    io64 = {}
+    with torch.no_grad():
+        for key in io:
+            if not key.startswith("out_"):
+                continue
+            if key == "out_per_sample":
+                t, level = io["timesteps_per_sample"], io.get("noise_level_per_sample")
+            else:  # out_t{t} (stage 1) or out_t{t}_s{level} (stage 2)
+                t, *level = (int(part[1:]) for part in key[4:].split("_"))
+                level = torch.tensor(level * sample.shape[0]) if level else None
+            extra = {} if level is None else {"class_labels": level}
+            io64[key] = unet(sample, t, encoder_hidden_states=text, **extra).sample
+            print(f"{folder} {key}: float32 is {(io[key].double() - io64[key]).abs().max():.1e} from float64")
+    save_file(io64, str(path / "io64.safetensors"))
+
+
 def make_keys(name: str, config: dict) -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
@@ -132,4 +161,5 @@ def make_keys(name: str, config: dict) -> None:
 
 if __name__ == "__main__":
     make_tiny()
+    make_float64_outputs("if_tiny")
     make_keys("xl", XL_CONFIG)
