@@ -14,8 +14,11 @@ import numbers
 import torch
 
 __all__ = [
-    "real_number", "integer", "finite_tensor", "image_batch", "batch_tensor", "same_shape", "timestep_tensor"
+    "SEED_MAX", "real_number", "integer", "seed", "value_range", "finite_tensor", "finite_run", "image_batch",
+    "batch_tensor", "same_shape", "timestep_tensor",
 ]
+
+SEED_MAX = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a seed of its own
 
 
 def real_number(value: object, name: str, *, positive: bool = False, nonnegative: bool = False) -> float:
@@ -38,16 +41,47 @@ def real_number(value: object, name: str, *, positive: bool = False, nonnegative
     return number
 
 
-def integer(value: object, name: str, *, minimum: int | None = None) -> int:
-    """value as an int; ValueError unless it is an integer (Python, numpy or 0-d integer tensor) >= minimum."""
+def integer(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None,
+            why: str = "") -> int:
+    """value as an int; ValueError unless it is an integer (Python, numpy or 0-d integer tensor)
+    in [minimum, maximum] (either bound may be left out). ``why`` says where a bound comes from.
+
+    A maximum keeps a size a user typed from becoming a hang or an allocator's message: a
+    count of steps or images is checked here, before anything of that size is built.
+    """
     if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an int, got {value!r:.60}")
     number = int(value)
-    if minimum is not None and number < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {number}")
+    below, above = minimum is not None and number < minimum, maximum is not None and number > maximum
+    if below or above:
+        bound = f">= {minimum}" if below else f"<= {maximum}"
+        allowed = f" (allowed: [{minimum}, {maximum}])" if None not in (minimum, maximum) else ""
+        raise ValueError(f"{name} must be an int {bound}{allowed}, got {_short(number)}{f'; {why}' if why else ''}")
     return number
+
+
+def _short(number: int) -> str:
+    """An int as it is read: in full up to 24 digits, else its first digits and its length."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
+def seed(value: object, name: str = "seed") -> int:
+    """value as a seed for torch.Generator.manual_seed: an int in [0, 2**63 - 1], else ValueError."""
+    why = f"{SEED_MAX} = 2**63 - 1 is the largest seed torch.Generator.manual_seed takes"
+    return integer(value, name, minimum=0, maximum=SEED_MAX, why=why)
+
+
+def value_range(value: object, name: str = "value_range") -> tuple[float, float]:
+    """value as a range (low, high) of finite floats with high > low, else ValueError."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be (low, high), got {value!r:.60}")
+    low, high = (real_number(v, name) for v in value)
+    if not high > low:
+        raise ValueError(f"{name} must be (low, high) with high > low, got {tuple(value)}")
+    return low, high
 
 
 def finite_tensor(x: torch.Tensor, name: str, why: str = "they would spread through every later step") -> None:
@@ -59,6 +93,27 @@ def finite_tensor(x: torch.Tensor, name: str, why: str = "they would spread thro
                 f"{name} holds NaN or inf values ({int(bad.sum())} of {x.numel()} entries) and {why}; "
                 "a NaN usually comes from an earlier step, e.g. a non-finite guidance scale"
             )
+
+
+def finite_run(finite: list[torch.Tensor], ts: list, i_start: int = 0, what: str = "sampling") -> None:
+    """RuntimeError when a sampling loop's state went NaN or inf, naming the first step that made it so.
+
+    finite[k] = torch.isfinite(x).all() after step i_start + k, the step from ts[i_start + k]
+    to ts[i_start + k + 1]: 0-d tensors, read here once after the loop, so that the loop
+    itself never waits on the device.
+    """
+    if not finite:
+        return
+    ok = torch.stack(finite)
+    if bool(ok.all()):
+        return
+    i = i_start + int((~ok).nonzero()[0])
+    t, t_next = (v.tolist() if isinstance(v, torch.Tensor) else v for v in (ts[i], ts[i + 1]))
+    raise RuntimeError(
+        f"{what} produced NaN or inf values: x first went non-finite at step {i} (t = {t} -> {t_next}); "
+        "the denoiser returned NaN or inf there (a model with broken weights, or inputs it cannot take), "
+        "so the result would be an all-NaN image"
+    )
 
 
 def image_batch(x: object, name: str, *, channels: int | None = None, floating: bool = True) -> torch.Tensor:

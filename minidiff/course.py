@@ -21,6 +21,8 @@ from the cache that ``minidiff embed`` fills (or T5, if it is on this machine).
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -96,7 +98,11 @@ class LessonContext:
         return p
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
+        """Print one line of the lesson's story (above a progress bar, if one is showing)."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(text)
+        sys.stdout.flush()  # in order with what goes to stderr, in a log of both
 
     def say_once(self, text: str) -> None:
         """Say text unless a lesson of this run said it already (``said`` is shared by 'lesson all')."""
@@ -226,12 +232,9 @@ class PartA:
         return ((x + 1) / 2 * (hi - lo) + lo).to(self.device)
 
 
-_IF_HOWTO = (
-    "DeepFloyd IF weights not found, so this lesson runs the same technique on the shipped "
-    "MNIST class-conditional model (digits play the prompts). For IF: accept the licence at "
-    "huggingface.co/DeepFloyd/IF-I-XL-v1.0, set HF_TOKEN, run 'minidiff fetch if-i-xl' and "
-    "'minidiff embed' for the prompts (or set MINIDIFF_IF_UNET), then rerun with --model if."
-)
+# Said once per command, in one line; the README ("Running Part A on DeepFloyd IF") has the steps.
+_IF_HOWTO = ("DeepFloyd IF weights not found, so Part A runs on the shipped MNIST model (digits for prompts); "
+             "for IF: minidiff fetch if-i-xl")
 
 
 def _if_backend(ctx: LessonContext, folder: Path) -> PartA:
@@ -357,8 +360,9 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
     if not ctx.train:
         folder = mnist_pipeline.WEIGHTS_DIR / name
         if not (folder / "config.json").is_file():
+            where = " ($MINIDIFF_WEIGHTS)" if os.environ.get("MINIDIFF_WEIGHTS") else ""
             raise FileNotFoundError(
-                f"no shipped MNIST run {name!r} in {mnist_pipeline.WEIGHTS_DIR}: use a complete checkout, "
+                f"no shipped MNIST run {name!r} in {mnist_pipeline.WEIGHTS_DIR}{where}: use a complete checkout, "
                 f"or rerun with --train to train it here (minidiff train {name})"
             )
         return folder

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from minidiff.checks import finite_tensor, integer, real_number
+from minidiff.checks import finite_tensor, integer, value_range as range_of
 
 __all__ = [
     "MNIST_ENV",
@@ -233,19 +233,27 @@ def load_image(path: str | os.PathLike, size: int = 64) -> torch.Tensor:
     """Any image file (RGB, RGBA, grayscale, palette; any size) -> (1, 3, size, size) in [-1, 1].
 
     The largest centred square is cropped, then resized with antialiased bicubic filtering.
-    Transparent pixels are composited onto white.
+    Transparent pixels are composited onto white. A picture of more than PIL's
+    Image.MAX_IMAGE_PIXELS (89.5 megapixels unless changed), which PIL treats as a possible
+    decompression bomb, is refused before it is decoded.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    size = integer(size, "size", minimum=1)
+    size = integer(size, "size", minimum=1, maximum=4096)
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder; load_image needs an image file such as a .png or .jpg")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a warning is a bomb too
+            img = Image.open(path)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(_too_large(path, err, Image.MAX_IMAGE_PIXELS)) from None
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read {path} as an image ({err})") from err
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -261,14 +269,19 @@ def load_image(path: str | os.PathLike, size: int = 64) -> torch.Tensor:
     return (x * 2 - 1).unsqueeze(0)
 
 
+def _too_large(path: Path, err: Exception, limit: int) -> str:
+    """The refusal of a picture over PIL's pixel limit, with its size as PIL's message gives it."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f" has {int(found.group(1)) / 1e6:.1f} megapixels," if found else " is"
+    return (f"{path}{size} more than the {limit / 1e6:.1f} megapixels that load_image takes (PIL's "
+            "Image.MAX_IMAGE_PIXELS, its guard against decompression bombs); shrink the picture first")
+
+
 def _value_range(x: torch.Tensor, value_range: tuple[float, float] | None) -> tuple[float, float]:
     if value_range is not None:
-        if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
-            raise ValueError(f"value_range must be (low, high), got {value_range!r:.60}")
-        lo, hi = (real_number(v, "value_range") for v in value_range)
-        if not hi > lo:
-            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
-        return float(lo), float(hi)
+        return range_of(value_range, "value_range")
     return (-1.0, 1.0) if float(x.min()) < 0 else (0.0, 1.0)
 
 
@@ -317,11 +330,27 @@ def _check_saveable(images: torch.Tensor, name: str) -> None:
 
 
 def _output_path(path: str | os.PathLike) -> Path:
-    """path as a Path whose folder exists; a path that is a folder is refused."""
+    """path as a Path whose folder exists (created if missing); ValueError when it is a folder,
+    when a file stands where a folder of it should be, or when its folder cannot be made."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give a file name such as {path / 'samples.png'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"cannot write {path}: {blocker} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: its folder cannot be created ({err.strerror})") from None
+    return path
+
+
+def _save(image, path: Path, **kwargs) -> Path:
+    """image.save(path, **kwargs) (a PIL image); ValueError naming path when it cannot be written."""
+    try:
+        image.save(path, **kwargs)
+    except OSError as err:
+        raise ValueError(f"cannot write {path} ({err.strerror or err})") from None
     return path
 
 
@@ -346,9 +375,7 @@ def save_grid(
     """Save (B, C, H, W) images (C = 1 or 3) as one PNG grid. Returns the path."""
     _check_saveable(images, "images")
     value_range = _value_range(images, value_range)
-    path = _output_path(path)
-    _to_pil(images, nrow, value_range, padding).save(path)
-    return path
+    return _save(_to_pil(images, nrow, value_range, padding), _output_path(path))
 
 
 def save_gif(
@@ -383,8 +410,7 @@ def save_gif(
     pil = [_to_pil(f, nrow, value_range, padding) for f in frames]
     path = _output_path(path)
     durations = [duration_ms] * (len(pil) - 1) + [max(duration_ms, hold_last_ms)]
-    pil[0].save(path, save_all=True, append_images=pil[1:], duration=durations, loop=0)
-    return path
+    return _save(pil[0], path, save_all=True, append_images=pil[1:], duration=durations, loop=0)
 
 
 # ----------------------------------------------------------------------------------------

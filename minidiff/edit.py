@@ -11,15 +11,16 @@ Every edit takes a denoiser den(x_t, t) (see minidiff.guidance for making one fr
 conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, runs the
 loop of minidiff.samplers, and returns the edited image, or (image, intermediates) with
 return_intermediates=True. Past the arguments every edit needs, options are keywords.
-Images are (B, C, H, W). Pass ``value_range`` (e.g. (-1, 1) for IF, (0, 1) for the MNIST
-models) and an image outside the model's range is refused instead of edited into noise.
+Images are (B, C, H, W), in the model's range: the schedule's ``data_range`` ((-1, 1) for IF,
+(0, 1) for the MNIST models) or the ``value_range`` given. An image outside it (by more than
+5% of its width) is refused instead of edited into noise; ``check_range=False`` edits it anyway.
 """
 
 from __future__ import annotations
 
 import torch
 
-from minidiff.checks import integer, real_number
+from minidiff.checks import integer, value_range as range_of
 from minidiff.guidance import Model, cfg
 from minidiff.samplers import (
     Callback,
@@ -36,19 +37,25 @@ from minidiff.schedule import Schedule
 __all__ = ["sdedit", "image_to_image", "inpaint", "check_mask"]
 
 
-def _check_value_range(image: torch.Tensor, value_range: tuple[float, float] | None) -> None:
-    """ValueError when value_range is given and the image's values lie outside it."""
-    if value_range is None:
+def _check_value_range(image: torch.Tensor, schedule: Schedule, value_range: tuple[float, float] | None,
+                       check_range: bool, keep: torch.Tensor | None = None) -> None:
+    """ValueError when the image's values (where keep != 0, with a mask) lie outside value_range,
+    by default the schedule's data_range; nothing is checked with check_range=False."""
+    if not check_range:
         return
-    if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
-        raise ValueError(f"value_range must be (low, high), got {value_range!r:.60}")
-    low, high = (real_number(v, "value_range") for v in value_range)
-    slack = 1e-3 * (high - low)  # rounding (e.g. of a resize) may step a hair outside
-    got_low, got_high = float(image.min()), float(image.max())
-    if not high > low or got_low < low - slack or got_high > high + slack:
+    given = value_range is not None
+    low, high = range_of(value_range if given else schedule.data_range, "value_range")
+    pixels = image if keep is None else image[(keep != 0).expand_as(image)]
+    if pixels.numel() == 0:
+        return
+    slack = 0.05 * (high - low)  # a resize may overshoot a little (bicubic rings by a few percent)
+    got_low, got_high = float(pixels.min()), float(pixels.max())
+    if got_low < low - slack or got_high > high + slack:
+        whose = "the value_range given" if given else f"{type(schedule).__name__}.data_range"
         raise ValueError(
-            f"image values must lie in the model's value_range [{low}, {high}], got [{got_low:.3g}, {got_high:.3g}]; "
-            "load_image gives [-1, 1] (IF), MNIST digits are [0, 1]: rescale the image first"
+            f"image values must lie in {whose} [{low}, {high}], got [{got_low:.3g}, {got_high:.3g}]; "
+            "load_image gives [-1, 1] (IF), MNIST digits are [0, 1]: rescale the image first "
+            "(or pass check_range=False to edit it as it is)"
         )
 
 
@@ -60,7 +67,7 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 def sdedit(
     den: Denoiser, image: torch.Tensor, schedule: Schedule, timesteps: Timesteps, i_start: int,
     generator: torch.Generator | None = None, *, callback: Callback | None = None, progress: bool = True,
-    return_intermediates: bool = False, value_range: tuple[float, float] | None = None,
+    return_intermediates: bool = False, value_range: tuple[float, float] | None = None, check_range: bool = True,
 ) -> Result:
     """SDEdit (Meng et al., 2022; course 1.7): x = iterative_denoise(add_noise(image, eps, t), ...)
 
@@ -69,9 +76,10 @@ def sdedit(
 
     A small i_start starts from much noise (t near 990: a new image that shares only the
     coarse layout); a large i_start from little noise (the result stays close to the image).
+    The image must lie in value_range, by default the schedule's data_range (module docstring).
     """
     ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
-    _check_value_range(image, value_range)
+    _check_value_range(image, schedule, value_range, check_range)
     x_t = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
     return iterative_denoise(den, x_t, schedule, ts, i_start, generator, callback, progress, return_intermediates)
 
@@ -91,7 +99,7 @@ def image_to_image(
     """Text-conditional image-to-image translation (course 1.7.3): SDEdit guided towards cond.
 
     sdedit(cfg(model, cond, uncond, scale), image, ...); kwargs go to sdedit (callback,
-    progress, return_intermediates, value_range). With IF, cond is the embedding of the new prompt.
+    progress, return_intermediates, value_range, check_range). With IF, cond is the embedding of the new prompt.
     """
     return sdedit(cfg(model, cond, uncond, scale), image, schedule, timesteps, i_start, generator, **kwargs)
 
@@ -128,7 +136,7 @@ def inpaint(
     den: Denoiser, image: torch.Tensor, mask: torch.Tensor, schedule: Schedule, timesteps: Timesteps,
     generator: torch.Generator | None = None, *, i_start: int = 0, resample_steps: int = 1,
     callback: Callback | None = None, progress: bool = True, return_intermediates: bool = False,
-    value_range: tuple[float, float] | None = None,
+    value_range: tuple[float, float] | None = None, check_range: bool = True,
 ) -> Result:
     """Inpainting (course 1.7.2; RePaint, Lugmayr et al., 2022).
 
@@ -145,11 +153,12 @@ def inpaint(
     times per step, jump back with the forward transition, x_t = schedule.renoise(x_{t'}, t, t'),
     and take the step again, so that the hole and the known pixels have u model calls to
     agree. Like RePaint, the last step is taken once. u = 1 (the default) is the course's
-    plain replacement.
+    plain replacement. The kept pixels must lie in value_range, by default the schedule's
+    data_range (the hole's are never used).
     """
     ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
-    _check_value_range(image, value_range)
     m = check_mask(mask, image)
+    _check_value_range(image, schedule, value_range, check_range, keep=1 - m)
     resample_steps = integer(resample_steps, "resample_steps", minimum=1)
 
     def paste(x: torch.Tensor, t_prev: float) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -108,6 +109,10 @@ def _snapshot(repo_id: str, patterns: list[str], cache_dir: str | os.PathLike | 
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    if cache_dir is not None:  # a file here would read, offline, as "could not reach the hub"
+        from minidiff.paths import output_dir
+
+        output_dir(cache_dir, what="cache_dir")
     try:
         root = huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir)
     except (HfHubHTTPError, LocalEntryNotFoundError) as err:
@@ -139,6 +144,14 @@ def cli_fetch(args: argparse.Namespace) -> int:
     name = args.name.lower()
     if name != "t5" and name not in REPOS and name.count("/") != 1:
         raise ValueError(f"unknown model {args.name!r}; choose one of {', '.join(REPOS)} or t5")
+    if args.cache_dir is not None:
+        from minidiff.paths import output_dir
+
+        output_dir(args.cache_dir, what="--cache-dir")  # a file or a read-only folder, named before the download
+    if not sys.stderr.isatty():  # progress bars on a terminal only, as minidiff's own (tqdm's disable=None)
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     if name != "t5":
         repo = REPOS.get(name, args.name)
         print(f"fetching the stage-{STAGE_OF.get(name, 1)} UNet of {repo} (config + fp16 weights) ...")

@@ -46,6 +46,7 @@ from minidiff.betas import cosine_betas
 from minidiff.checks import finite_tensor, image_batch, integer, real_number
 from minidiff.filters import check_kernel
 from minidiff.guidance import anagram, cfg, hybrid as hybrid_rule
+from minidiff.models.if_config import IFUNetConfig
 from minidiff.samplers import Callback, check_generator, iterative_denoise
 from minidiff.schedule import DDPMSchedule, strided_timesteps
 from minidiff.views import View, get_view
@@ -64,6 +65,7 @@ __all__ = [
 GUIDANCE_SCALE = 7.0  # the course's classifier-free guidance scale for IF stage 1
 STAGE2_GUIDANCE_SCALE = 4.0  # IF stage 2's (diffusers' IFSuperResolutionPipeline default)
 STAGE2_NOISE_LEVEL = 250  # the noise level of the upscaled low-res image (IF's aug_level 0.25)
+MAX_SIDE = 2048  # the largest height or width sampled: 8x stage 2's 256, far below an allocator's failure
 
 
 class IFDenoiser:
@@ -137,9 +139,10 @@ def if_stage1(
     Returns float32 images (B, 3, H, W) clipped to [-1, 1].
     """
     # Every argument is checked here, before the first (slow) UNet call.
-    if not isinstance(unet, torch.nn.Module):
-        raise ValueError(f"unet must be an IFUNet (torch.nn.Module), got {type(unet).__name__}")
-    if getattr(getattr(unet, "config", None), "takes_noise_level", False):
+    if not isinstance(unet, torch.nn.Module) or not isinstance(getattr(unet, "config", None), IFUNetConfig):
+        raise ValueError(f"unet must be an IF stage-1 UNet (minidiff.models.if_unet.IFUNet, e.g. "
+                         f"IFUNet.from_pretrained(folder)), got a {type(unet).__name__}")
+    if unet.config.takes_noise_level:
         raise ValueError("unet is an IF stage-2 (super-resolution) UNet; if_stage1 needs a stage-1 one "
                          "(IF-I-XL/L/M), and minidiff.if_stage2 takes this one")
     prompt_embeds, negative_embeds = _check_embeds(prompt_embeds, negative_embeds)
@@ -152,7 +155,8 @@ def if_stage1(
     timesteps = timesteps if timesteps is not None else strided_timesteps(990, 30)
     in_ch = getattr(getattr(unet, "conv_in", None), "in_channels", 3)
     if x_T is None:
-        height, width = integer(height, "height", minimum=1), integer(width, "width", minimum=1)
+        height = integer(height, "height", minimum=1, maximum=MAX_SIDE)
+        width = integer(width, "width", minimum=1, maximum=MAX_SIDE)
         factor = 2 ** getattr(unet, "num_upsamplers", 0)
         if height % factor or width % factor:
             raise ValueError(f"height and width must be multiples of {factor} for this UNet, got {height}x{width}")
@@ -217,7 +221,7 @@ def _check_stage2_args(unet: object, low_res: object, batch: int, noise_level: o
     noise_level = integer(noise_level, "noise_level", minimum=0)
     if noise_level > 999:
         raise ValueError(f"noise_level must lie in [0, 999], got {noise_level}")
-    height, width = (integer(v, name, minimum=1) for v, name in zip(size, ("height", "width")))
+    height, width = (integer(v, name, minimum=1, maximum=MAX_SIDE) for v, name in zip(size, ("height", "width")))
     factor = 2 ** getattr(unet, "num_upsamplers", 0)
     if height % factor or width % factor:
         raise ValueError(f"height and width must be multiples of {factor} for this UNet, got {height}x{width}")

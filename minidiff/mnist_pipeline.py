@@ -14,7 +14,12 @@ samplers and guidance rules drive it exactly as they drive DeepFloyd IF::
 - cond: (B, 10) class vectors (one-hot for a digit), ``uncond`` is all zeros; models
   without a class input ignore it.
 - Images are in the model's own range, [0, 1] for every shipped MNIST model (the course
-  trains on raw MNIST pixels), with N(0, I) noise.
+  trains on raw MNIST pixels), with N(0, I) noise; the model's schedule says so in its
+  ``data_range``, which the edits of minidiff.edit check images against.
+
+``sample_digits`` checks every size it is given against the limits below before it builds
+anything of that size, so that a typo is a one-line error, never a hang or an allocator's
+message; the command line's options say the same limits.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from minidiff.checks import integer, real_number
+from minidiff.checks import integer, real_number, seed as check_seed
 from minidiff.models.mnist import class_vector, fold_batchnorm, unet_time
 from minidiff.paths import shipped_dir
 from minidiff.recipes import schedule_of
@@ -46,6 +51,7 @@ __all__ = [
     "flow_time_grid",
     "ddpm_timesteps",
     "sample_digits",
+    "save_digit_grid",
     "cli_sample_digits",
 ]
 
@@ -53,6 +59,13 @@ WEIGHTS_DIR = shipped_dir("weights") / "mnist"  # weights/mnist of a checkout, o
 GUIDANCE = 5.0  # the classifier-free guidance scale of the course's class-conditioned models
 DEFAULT_MODEL = "flow-class-ema"  # what sample_digits and `minidiff sample-digits` use unless told
 SHIPPED = ["flow-class-ema", "flow-class", "flow-time", "ddpm-class", "denoiser", "judge"]
+DATA_RANGE = (0.0, 1.0)  # raw MNIST pixels, what every shipped model was trained on
+
+# The largest sizes sample_digits takes (and `minidiff sample-digits`, whose parser repeats them):
+MAX_STEPS = 10_000  # sampler steps: 600x the default model's; the states of one batch only are kept
+MAX_PER_CLASS = 10_000  # 100,000 digits: their noise and images take about 400 MB
+MAX_BATCH = 1_000  # digits per batch: a guided batch of 1,000 holds about 2 GB of activations
+GRID_COLUMNS = 16  # the PNG beside sample-digits' .npz shows at most this many digits of each class
 
 
 def _resolve(name_or_dir: str | os.PathLike) -> Path:
@@ -83,6 +96,8 @@ class MNISTModel:
         self.config = config
         self.kind = config["kind"]
         self.schedule: DDPMSchedule | FlowSchedule | None = schedule_of(config)
+        if self.schedule is not None:
+            self.schedule.data_range = DATA_RANGE
         self.conditional = config["arch"] == "class"
 
     @property
@@ -159,8 +174,19 @@ def cpp_compiler() -> str | None:
 
 
 def class_vectors(labels: torch.Tensor | Sequence[int], device: str | torch.device = "cpu") -> torch.Tensor:
-    """Digit labels (B,) -> one-hot (B, 10) float class vectors."""
-    return class_vector(torch.as_tensor(labels, dtype=torch.long)).to(device)
+    """Digit labels (B,) -> one-hot (B, 10) float class vectors.
+
+    Labels are whole numbers 0..9 (a float 3.0 is class 3); 1.5, True or "3" is refused
+    rather than rounded to a class.
+    """
+    try:
+        y = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"labels must be class indices 0..9 (ints or an integer tensor), got {labels!r:.60}") from None
+    whole = not y.is_floating_point() or bool((y == y.round()).all())
+    if y.dtype == torch.bool or y.is_complex() or not whole:
+        raise ValueError(f"labels must be whole class indices 0..9, got {y.flatten()[:6].tolist()} ({y.dtype})")
+    return class_vector(y.long()).to(device)
 
 
 def flow_time_grid(steps: int, grid: str = "uniform", power: float = 1.5) -> list[float]:
@@ -169,8 +195,7 @@ def flow_time_grid(steps: int, grid: str = "uniform", power: float = 1.5) -> lis
     uniform: i / steps. "late": 1 - (1 - i / steps)^power, denser near the data end
     (t -> 1), where the guided velocity field bends most for these models.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
     u = [i / steps for i in range(steps + 1)]
     if grid == "uniform":
         return u
@@ -259,6 +284,9 @@ def sample_digits(
     step of a flow model. batch_size: digits per batch (the guided call holds twice as
     many); about 100 keeps a batch's activations in this CPU's caches.
 
+    Limits, checked first: per_class in [1, MAX_PER_CLASS], steps in [1, MAX_STEPS] (and at
+    most T for a DDPM model), batch_size in [1, MAX_BATCH], seed in [0, 2**63 - 1].
+
     final_denoise s > 0 (flow models): one more guided evaluation after the sampler, which
     takes the sample for x_t at t = 1 - s and returns the model's clean estimate x1_hat =
     x + s v(x, 1 - s), the last denoising step of Jolicoeur-Martineau et al. (2021). The
@@ -270,9 +298,11 @@ def sample_digits(
     from minidiff.guidance import cfg as cfg_guidance
     from minidiff.samplers import one_step_denoise
 
-    per_class = integer(per_class, "per_class", minimum=1)
-    steps = None if steps is None else integer(steps, "steps (None for the model's own)", minimum=1)
-    batch_size = integer(batch_size, "batch_size", minimum=1)
+    per_class = integer(per_class, "per_class", minimum=1, maximum=MAX_PER_CLASS,
+                        why=f"at most {10 * MAX_PER_CLASS:,} digits in one call")
+    steps = None if steps is None else integer(steps, "steps (None for the model's own)", minimum=1, maximum=MAX_STEPS)
+    batch_size = integer(batch_size, "batch_size", minimum=1, maximum=MAX_BATCH)
+    seed = check_seed(seed)
     if not isinstance(model, MNISTModel):
         model = load_mnist_model(model or DEFAULT_MODEL, device=device)
     if not model.conditional or model.schedule is None:
@@ -293,16 +323,51 @@ def sample_digits(
                 generator=generator, progress=progress)
         if s:
             x = one_step_denoise(den, x, model.schedule, 1.0 - s)
-        out.append(x.float().cpu())
-    images = (torch.cat(out).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
-    return images, labels.numpy().astype(np.int64)
+        out.append((x.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)[:, 0])
+    return torch.cat(out).numpy(), labels.numpy().astype(np.int64)
+
+
+def save_digit_grid(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+                    columns: int = GRID_COLUMNS, title: str | None = None) -> Path:
+    """Digits as sample_digits returns them (uint8 (N, 28, 28), labels (N,)) as a PNG, one row per
+    class 0..9 with at most ``columns`` digits each (the first ones), like the lessons' grids."""
+    from minidiff.figures import grid_figure
+
+    x = torch.from_numpy(np.asarray(images)).float().div(255).unsqueeze(1)
+    labels = np.asarray(labels)
+    classes = [c for c in range(10) if (labels == c).any()]
+    rows = [list(x[np.flatnonzero(labels == c)[:columns]]) for c in classes]
+    return grid_figure(path, rows, [f"digit {c}" for c in classes], value_range=(0.0, 1.0), suptitle=title)
+
+
+def _user_mode() -> int:
+    """The mode a plain open() gives a new file: 0o666 without the bits of this process's umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
+    """write(tmp) into a file beside out, give it the user's usual mode, and rename it to out:
+    an existing out is replaced whole or not at all, and no half-written file is left behind."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=out.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, _user_mode())  # mkstemp made it 0600, private to this user
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def cli_sample_digits(args) -> int:
-    """`minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz`."""
+    """`minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz [--png FILE.png]`."""
     from minidiff.paths import output_file
 
-    out = output_file(args.out, ".npz")  # before sampling: a bad --out must not cost the whole run
+    # before sampling: a bad --out or --png must not cost the whole run
+    out = output_file(args.out, ".npz")
+    png = output_file(getattr(args, "png", None) or out.with_suffix(".png"), ".png", "--png")
     model = load_mnist_model(args.model or DEFAULT_MODEL, device=args.device,  # a bad --model fails here, in a second
                              compile=args.compile)
     _final_denoise(model, args.final_denoise)  # and a final step the model cannot take
@@ -310,9 +375,11 @@ def cli_sample_digits(args) -> int:
         model, per_class=args.per_class, guidance=args.guidance, steps=args.steps, seed=args.seed,
         device=args.device, final_denoise=args.final_denoise,
     )
-    # written beside the target and renamed: an existing file is replaced whole or not at all
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.stem}-", suffix=".npz", delete=False) as f:
-        np.savez(f, images=images, labels=labels)
-    os.replace(f.name, out)
-    print(f"wrote {images.shape[0]} digits to {out}")
+    _write_atomically(out, lambda tmp: np.savez(tmp, images=images, labels=labels))
+    shown = min(args.per_class, GRID_COLUMNS)
+    title = f"{Path(args.model or DEFAULT_MODEL).name}, seed {args.seed}" + (
+        f": the first {shown} of {args.per_class} per class" if shown < args.per_class else "")
+    _write_atomically(png, lambda tmp: save_digit_grid(tmp, images, labels, title=title))
+    what = "them" if shown == args.per_class else f"the first {shown} of each class"
+    print(f"wrote {images.shape[0]} digits to {out} and a grid of {what} to {png}")
     return 0

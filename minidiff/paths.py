@@ -11,7 +11,8 @@ ways of installing:
     installed from a wheel     site-packages/minidiff/lessons, site-packages/minidiff/weights
     a checkout (pip install -e) <repo>/lessons, <repo>/weights, beside the minidiff package
 
-``$MINIDIFF_WEIGHTS`` points at another weights folder (for example a copy of a newer release).
+``$MINIDIFF_WEIGHTS`` points at another weights folder (for example a copy of a newer release);
+set to a path that is no folder, it is an error that names the variable.
 
 Output paths (``--out``) are checked before any work starts, by writing a probe file: a
 figure folder that is really a file, or a folder this user cannot write, is an error in the
@@ -32,12 +33,19 @@ _PACKAGE = Path(__file__).resolve().parent
 def shipped_dir(name: str) -> Path:
     """The shipped folder ``name`` ("lessons" or "weights"): inside the package if installed, else beside it.
 
-    $MINIDIFF_WEIGHTS, when set, is the weights folder. Never raises: when nothing exists it
-    returns the installed location, so that a caller's "not found" message names where the
-    file was expected.
+    $MINIDIFF_WEIGHTS, when set, is the weights folder, and FileNotFoundError naming the variable
+    when it names no folder (a typo there would otherwise read as "no such model"). Otherwise
+    never raises: when nothing exists it returns the installed location, so that a caller's
+    "not found" message names where the file was expected.
     """
     if name == "weights" and os.environ.get("MINIDIFF_WEIGHTS"):
-        return Path(os.environ["MINIDIFF_WEIGHTS"]).expanduser()
+        folder = Path(os.environ["MINIDIFF_WEIGHTS"]).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"MINIDIFF_WEIGHTS={os.environ['MINIDIFF_WEIGHTS']} is not a folder: point it at a weights/ folder "
+                "(one holding mnist/), or unset it to use the weights shipped with minidiff"
+            )
+        return folder
     for folder in (_PACKAGE / name, _PACKAGE.parent / name):
         if folder.is_dir():
             return folder
@@ -59,10 +67,9 @@ def weights_dir() -> Path:
     """The shipped weights folder, or $MINIDIFF_WEIGHTS when set; FileNotFoundError if it is missing."""
     folder = shipped_dir("weights")
     if not folder.is_dir():
-        where = "MINIDIFF_WEIGHTS" if os.environ.get("MINIDIFF_WEIGHTS") else "this installation of minidiff"
         raise FileNotFoundError(
-            f"no shipped weights at {folder} ({where}); reinstall minidiff (pip install minidiff, or "
-            "pip install . in a clone), or set MINIDIFF_WEIGHTS to a weights/ folder"
+            f"no shipped weights at {folder}: this installation of minidiff is incomplete; reinstall it "
+            "(pip install minidiff, or pip install . in a clone), or set MINIDIFF_WEIGHTS to a weights/ folder"
         )
     return folder
 

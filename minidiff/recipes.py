@@ -89,6 +89,16 @@ _ARCHS_OF = {"denoiser": ("unconditional",), "pure-noise": ("unconditional",), "
 _FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
           "ema_decay": "--ema", "time_power": "--time-power", "width": "--hidden", "seed": "--seed",
           "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
+# The range of each size a run may ask for, and why it ends there. A slip such as a width of
+# 10**9 for 32 is refused before anything is built, not met by an allocator error or a run
+# that never ends.
+_RANGES = {
+    "num_hiddens": (1, 512, "D = 512 is 129M parameters, 2 GB with Adam's moments; the course's widest is 128"),
+    "width": (1, 512, "the judge's first convolution; it ships at 32"),
+    "batch_size": (1, 70_000, "70,000 is all of MNIST in one step"),
+    "seed": (0, 2**63 - 1, "2**63 - 1, as torch.Generator.manual_seed takes"),
+}
+MAX_EPOCHS = 10_000  # the recipes train 4 to 18 epochs
 
 
 # ----------------------------------------------------------------------------------------
@@ -116,7 +126,7 @@ def recipe_config(recipe: str, **overrides: Any) -> dict[str, Any]:
                          f"its settings are {', '.join(sorted(set(cfg) - {'recipe', 'kind', 'arch'}))}")
     cfg.update(overrides)
     if "epochs" in overrides and "snapshot_epochs" not in overrides:
-        epochs = real_number(cfg["epochs"], setting_name("epochs"), positive=True)
+        epochs = real_number(cfg["epochs"], setting_name("epochs"))  # its range: check_train_config
         cfg["snapshot_epochs"] = [e for e in cfg["snapshot_epochs"] if e <= epochs]
     return check_train_config(cfg)
 
@@ -144,7 +154,7 @@ def check_model_config(cfg: dict[str, Any], where: str = "") -> None:
     missing = [k for k in needed if k not in cfg]
     if missing:
         raise ValueError(f"{where or 'the config'} lacks {', '.join(missing)}, which a {kind} model needs")
-    integer(cfg[needed[0]], setting_name(needed[0], where), minimum=1)
+    _in_range(cfg[needed[0]], needed[0], where)
     if arch == "class":
         p_uncond = real_number(cfg.get("p_uncond", 0.1), setting_name("p_uncond", where), nonnegative=True)
         if p_uncond > 1:
@@ -170,13 +180,15 @@ def check_train_config(cfg: Any) -> dict[str, Any]:
         raise ValueError(f"cfg lacks {', '.join(missing)}; build it with recipe_config({recipe!r}, ...)")
     cfg = copy.deepcopy(cfg)
     check_model_config(cfg)
-    epochs = real_number(cfg["epochs"], setting_name("epochs"), positive=True)
+    epochs = real_number(cfg["epochs"], setting_name("epochs"))
+    if not 0 < epochs <= MAX_EPOCHS:
+        raise ValueError(f"{setting_name('epochs')} must lie in (0, {MAX_EPOCHS}] (the recipes train 4 to 18), "
+                         f"got {epochs:g}")
     cfg["epochs"] = int(epochs) if isinstance(cfg["epochs"], int) else epochs  # keep 5 as 5 in config.json
     cfg["lr"] = real_number(cfg["lr"], setting_name("lr"), positive=True)
-    for key, minimum in (("batch_size", 1), ("save_every", 1), ("seed", 0)):
-        cfg[key] = integer(cfg[key], setting_name(key), minimum=minimum)
-    if cfg["seed"] >= 2**32:
-        raise ValueError(f"{setting_name('seed')} must be below 2**32, got {cfg['seed']}")
+    for key in ("batch_size", "seed"):
+        cfg[key] = _in_range(cfg[key], key)
+    cfg["save_every"] = integer(cfg["save_every"], setting_name("save_every"), minimum=1)
     for key in ("lr_decay", "channels_last"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
@@ -200,6 +212,15 @@ def check_train_config(cfg: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise ValueError(f"cfg must hold only JSON values (numbers, strings, lists, dicts): {err}") from err
     return cfg
+
+
+def _in_range(value: Any, key: str, where: str = "") -> int:
+    """value as an int within key's range (``_RANGES``): ValueError stating the range otherwise."""
+    low, high, why = _RANGES[key]
+    number = integer(value, setting_name(key, where))
+    if not low <= number <= high:
+        raise ValueError(f"{setting_name(key, where)} must be an int from {low} to {high} ({why}), got {number}")
+    return number
 
 
 def _check_ema_decay(cfg: dict[str, Any]) -> None:

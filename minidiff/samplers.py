@@ -28,7 +28,9 @@ Common arguments:
     return_intermediates
                 also return the list of states x at timesteps[i_start], ..., timesteps[-1]
 
-Sampling needs no gradients, so every sampler runs under torch.no_grad().
+Sampling needs no gradients, so every sampler runs under torch.no_grad(). A run whose state
+turns NaN or inf (a denoiser that returned NaN) ends in a RuntimeError naming the first such
+step, not in an all-NaN image.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minidiff.checks import finite_tensor, image_batch, real_number
+from minidiff.checks import finite_run, finite_tensor, image_batch, real_number
 from minidiff.schedule import DDPMSchedule, FlowSchedule, Schedule, check_schedule
 
 __all__ = [
@@ -208,15 +210,19 @@ def sample_loop(
 
     ts are the timesteps as ``check_loop_args`` returns them (its checks come first).
     Returns x at ts[-1], and with return_intermediates also the list of all states.
+    A state that went NaN or inf is a RuntimeError naming the step (``finite_run``).
     """
-    intermediates = [x]
-    for i in tqdm(range(i_start, len(ts) - 1), desc=desc, disable=not progress, leave=False):
+    intermediates, finite = [x], []
+    for i in tqdm(range(i_start, len(ts) - 1), desc=desc, disable=None if progress else True, leave=False):
         t, t_prev = ts[i], ts[i + 1]
         model_output = run_denoiser(den, x, schedule, t)
         if callback is not None:
             callback(i, t, x, schedule.predict_data(x, model_output, t))
         x = update(x, model_output, t, t_prev)
-        intermediates.append(x)
+        finite.append(torch.isfinite(x).all())
+        if return_intermediates:
+            intermediates.append(x)
+    finite_run(finite, ts, i_start, desc)
     return (x, intermediates) if return_intermediates else x
 
 
@@ -237,7 +243,9 @@ def one_step_denoise(
     check_schedule(schedule)
     _check_den_and_x(den, x_t, "x_t")
     schedule.signal_and_noise(t, x_t)  # checks t before the model runs (an IF forward takes seconds)
-    return schedule.predict_data(x_t, run_denoiser(den, x_t, schedule, t), t)
+    x0_hat = schedule.predict_data(x_t, run_denoiser(den, x_t, schedule, t), t)
+    finite_run([torch.isfinite(x0_hat).all()], [t, "the clean estimate"], what="one-step denoising")
+    return x0_hat
 
 
 @torch.no_grad()

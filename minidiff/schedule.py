@@ -27,6 +27,11 @@ clean image first:
 an earlier time of the forward process (x_t -> x_{t-1}); the flow runs its clock the other
 way, from noise at 0 to data at 1, so there t_prev > t.
 
+Each schedule also knows the range of its clean images, ``data_range``: (-1, 1) unless told
+(Ho et al. scale images to it, and so do IF and the flows of most papers); the MNIST models
+set (0, 1), the raw pixels the course trains on. The edits of ``minidiff.edit`` refuse an
+image outside it, which the schedule's arithmetic would otherwise turn into noise.
+
 Tensors are (B, C, H, W) images in the examples, but any (B, ...) shape works. ``t`` is a
 Python number, a 0-d tensor or a (B,) tensor (one timestep per batch element). The
 arithmetic runs in float32 (float64 for float64 inputs) whatever the model's dtype, and
@@ -41,9 +46,10 @@ import torch
 from torch import Generator, Tensor
 
 from minidiff.betas import cosine_betas, dynamic_threshold, linear_betas
-from minidiff.checks import batch_tensor, integer, real_number, same_shape, timestep_tensor
+from minidiff.checks import batch_tensor, integer, real_number, same_shape, timestep_tensor, value_range
 
 Timestep = Union[int, float, Tensor]
+MAX_STEPS = 100_000  # the longest timestep list built here: far past any use, far below a hang
 
 __all__ = ["DDPMSchedule", "FlowSchedule", "check_schedule", "split_output", "strided_timesteps"]
 
@@ -122,12 +128,14 @@ class DDPMSchedule:
     """A discrete DDPM noise process with the strided reverse step of the course.
 
     Holds betas, alphas = 1 - betas and alphas_cumprod (all float32 of length T, like
-    diffusers' DDPMScheduler, so its numbers can be compared to ours to 1e-5).
+    diffusers' DDPMScheduler, so its numbers can be compared to ours to 1e-5), and the
+    range of its clean images, data_range.
     """
 
     def __init__(
         self, betas: Tensor, *, thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0, clip_sample: bool = False, clip_sample_range: float = 1.0,
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float32)
         if betas.ndim != 1 or betas.numel() < 1:
@@ -150,6 +158,7 @@ class DDPMSchedule:
         self.sample_max_value = sample_max_value
         self.clip_sample = clip_sample
         self.clip_sample_range = clip_sample_range
+        self.data_range = value_range(data_range, "data_range")
 
     @classmethod
     def deepfloyd(cls, num_timesteps: int = 1000, thresholding: bool = False) -> "DDPMSchedule":
@@ -346,8 +355,11 @@ class FlowSchedule:
 
     num_timesteps = None  # continuous time
 
+    def __init__(self, data_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+        self.data_range = value_range(data_range, "data_range")  # of the data x1
+
     def __repr__(self) -> str:
-        return "FlowSchedule()"
+        return "FlowSchedule()" if self.data_range == (-1.0, 1.0) else f"FlowSchedule(data_range={self.data_range})"
 
     @staticmethod
     def _time(t: Timestep, x: Tensor, name: str = "t") -> Tensor:
@@ -407,7 +419,7 @@ class FlowSchedule:
     @staticmethod
     def timesteps(num_steps: int, t_start: float = 0.0, t_end: float = 1.0) -> list[float]:
         """num_steps + 1 evenly spaced times from t_start to t_end (the Euler grid)."""
-        num_steps = integer(num_steps, "num_steps", minimum=1)
+        num_steps = integer(num_steps, "num_steps", minimum=1, maximum=MAX_STEPS)
         if not 0.0 <= real_number(t_start, "t_start") < real_number(t_end, "t_end") <= 1.0:
             raise ValueError(f"need 0 <= t_start < t_end <= 1, got {t_start}, {t_end}")
         return torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64).tolist()
@@ -436,7 +448,7 @@ def strided_timesteps(start: int = 990, stride: int = 30, end: int = 0) -> list[
     maps to t = 960, 900, 840, 780, 690, 390 (``timesteps.index(t)`` goes back). The last
     entry is always ``end`` (appended when stride does not divide start - end).
     """
-    start, end = integer(start, "start", minimum=0), integer(end, "end", minimum=0)
+    start, end = integer(start, "start", minimum=0, maximum=MAX_STEPS), integer(end, "end", minimum=0)
     stride = integer(stride, "stride")
     if stride <= 0:
         raise ValueError(f"stride must be a positive int, got {stride}")

@@ -26,6 +26,8 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from minidiff.hub import HubAccessError
+
 __all__ = [
     "MAX_LENGTH",
     "T5Tokenizer",
@@ -249,7 +251,13 @@ def prompt_embeddings(
     known = load_embedding_cache(cache)
     missing = _missing(prompts, known)
     if missing:
-        tokenizer, encoder = load_t5(t5 or DEFAULT_T5, device=device)
+        try:
+            tokenizer, encoder = load_t5(t5 or DEFAULT_T5, device=device)
+        except HubAccessError as err:  # say what is missing (T5, or the embeddings), not only what the hub said
+            raise HubAccessError(f"{_not_cached(missing, cache)}, and the T5 prompt text encoder that computes "
+                                 f"them is not on this machine: run 'minidiff fetch t5', then 'minidiff embed' "
+                                 f"with the prompts, or point MINIDIFF_EMBED_CACHE at a cache that holds them. "
+                                 f"Fetching T5: {err}") from None
         fresh = dict(zip(missing, encode_prompts(missing, tokenizer, encoder)))
         save_embedding_cache(fresh, cache)
         known.update(fresh)
@@ -261,6 +269,18 @@ def prompt_embeddings(
                 f"{tuple(embeds[0].shape)}; all must come from the same T5 (re-embed them together)"
             )
     return torch.stack(embeds)
+
+
+def _not_cached(missing: Sequence[str], cache: str | os.PathLike | None) -> str:
+    """"no embedding of 'a pencil' (and 2 more prompts) in the prompt-embedding cache PATH, which does not exist"."""
+    path = Path(cache).expanduser() if cache is not None else default_cache_path()
+    env = os.environ.get("MINIDIFF_EMBED_CACHE")
+    where = f"MINIDIFF_EMBED_CACHE={path}" if env and Path(env).expanduser() == path else str(path)
+    state = "" if path.is_file() else ", which does not exist" + (
+        f" (nor does its folder {path.parent})" if not path.parent.is_dir() else "")
+    n = len(missing) - 1
+    more = f" (and {n} more prompt{'s' if n > 1 else ''})" if n else ""
+    return f"no embedding of {missing[0]!r}{more} in the prompt-embedding cache {where}{state}"
 
 
 def _missing(prompts: Sequence[str], known: Mapping[str, torch.Tensor]) -> list[str]:

@@ -15,6 +15,7 @@ the uninterrupted run's loss trajectory bit for bit (on the same machine and thr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -42,7 +43,6 @@ from minidiff.recipes import (
     recipe_config,
     recompute_batchnorm,
     schedule_of,
-    setting_name,
 )
 from minidiff.run_folder import (
     RunFolder,
@@ -50,8 +50,9 @@ from minidiff.run_folder import (
     data_fingerprint,
     delete_run,
     open_loss_log,
+    owned_run_folder,
     plot_loss,
-    writable_folder,
+    saved_step,
 )
 
 __all__ = ["RECIPES", "recipe_config", "train", "cli_train"]
@@ -87,11 +88,11 @@ def _check_data(data: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _step_counts(cfg: dict[str, Any], n: int) -> tuple[int, int]:
-    """(steps per epoch, total steps) on n digits: full batches only (BatchNorm dislikes a tiny last batch)."""
+    """(steps per epoch, total steps) on n digits: full batches only (BatchNorm dislikes a tiny last batch).
+
+    epochs and batch_size are bounded (``recipes.MAX_EPOCHS``), so the count is one a run can finish.
+    """
     steps_per_epoch = n // cfg["batch_size"]
-    if cfg["epochs"] * steps_per_epoch > 1e12:
-        raise ValueError(f"{setting_name('epochs')} = {cfg['epochs']} means {cfg['epochs'] * steps_per_epoch:.3g} steps; "
-                         "give a number of epochs that can finish")
     return steps_per_epoch, max(1, round(cfg["epochs"] * steps_per_epoch))
 
 
@@ -108,8 +109,11 @@ def _seeded_model(cfg: dict[str, Any], device: torch.device) -> nn.Module:
 
 @functools.lru_cache(maxsize=1)
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The shuffled order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run finds it again."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    """The shuffled order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run finds it again.
+
+    Taken modulo 2**64, the most manual_seed takes (for the seeds below 2**32 of earlier runs, no change).
+    """
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
     return torch.randperm(n, generator=g)
 
 
@@ -154,26 +158,30 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
     RuntimeError before they are saved, so the last checkpoint in `out` stays the last good one.
     Started by torchrun, the processes share the work (``minidiff.distributed``); cfg["batch_size"]
     is then the global batch. amp "bf16": forward and loss under bfloat16 autocast.
+    The run owns `out` while it trains (rank 0 holds ``owned_run_folder``'s lock): a second run
+    into the same folder is refused with RunFolderInUse instead of overwriting this one.
     """
     cfg = check_train_config(cfg)
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite deletes it: choose one")
+    max_steps = None if max_steps is None else integer(max_steps, "max_steps", minimum=1)
     procs, device = distributed.start(check_device(device))
     try:
-        return _train(cfg, out, data, resume, device, progress, max_steps, command, overwrite,
-                      _check_amp(amp, device), procs)
+        amp = _check_amp(amp, device)
+        # Rank 0 alone writes, so it alone owns the folder; the others only train.
+        owned = owned_run_folder(out, command) if procs.is_main else contextlib.nullcontext(Path(out))
+        with owned as folder:
+            return _train(cfg, folder, data, resume, device, progress, max_steps, command, overwrite, amp, procs)
     finally:
         distributed.stop()
 
 
-def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor, torch.Tensor] | None,
+def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tensor] | None,
            resume: bool, device: torch.device, progress: bool, max_steps: int | None, command: str | None,
            overwrite: bool, amp: str | None, procs: distributed.Processes) -> nn.Module:
-    """train() once the processes are known: rank 0 alone writes; every rank trains its rows."""
+    """train() once the processes are known and rank 0 owns `out`: rank 0 alone writes; every rank trains its rows."""
     rows = distributed.rows(procs, cfg["batch_size"])
     writes = procs.is_main
-    out = writable_folder(out, "run folder (--out)") if writes else Path(out)
-    max_steps = None if max_steps is None else integer(max_steps, "max_steps", minimum=1)
     old_run = [] if resume or not writes else check_new_run(out, overwrite)
     x_all, y_all = _check_data(training_set(cfg.get("data")) if data is None else data, cfg["batch_size"])
     n, batch = x_all.shape[0], cfg["batch_size"]
@@ -210,7 +218,7 @@ def _train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
     log, writer = open_loss_log(out / "loss.csv" if writes else None, start_step)
-    bar = tqdm(range(start_step, stop), total=total_steps, initial=start_step, disable=not (progress and writes),
+    bar = tqdm(range(start_step, stop), total=total_steps, initial=start_step, disable=None if (progress and writes) else True,
                desc=cfg["recipe"], unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - wall_before  # a resumed run's clock goes on from its checkpoint
     model.train()
@@ -260,8 +268,57 @@ def _parse_epochs(text: str | None) -> list[int] | None:
                          f"(or '' for none), got {text!r}") from None
 
 
+def _train_words(args) -> list[str]:
+    """The words after `minidiff train` of this run's command: as typed, or (main() called with a list) from args."""
+    if sys.argv[1:2] == ["train"]:
+        return sys.argv[2:]
+    words = [args.recipe]
+    for key, value in vars(args).items():
+        if key not in ("recipe", "command", "func") and value is not None and value is not False:
+            words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return words
+
+
+def _launcher() -> str:
+    """How this process was started: `minidiff`, `python -m minidiff`, or torchrun on one machine."""
+    module = os.path.basename(sys.argv[0]) == "__main__.py"
+    procs = distributed.from_environment()
+    if procs.parallel:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(procs.world_size))
+        if per_node != str(procs.world_size):  # several machines: each restarts with its own torchrun line
+            return "torchrun ... -m minidiff"
+        return f"torchrun --nproc_per_node {per_node} -m minidiff"
+    return "python -m minidiff" if module else "minidiff"
+
+
+def _is_flag(word: str, flag: str) -> bool:
+    """Whether a command-line word is `flag` or an abbreviation of it (argparse takes unique prefixes)."""
+    return word.startswith("--") and len(word) > 2 and flag.startswith(word)
+
+
+def _with_flag(words: list[str], flag: str, instead_of: str) -> list[str]:
+    """words with `flag` (added if missing) and without `instead_of`: --resume for --overwrite, or back."""
+    kept = [w for w in words if not _is_flag(w, instead_of)]
+    return kept if any(_is_flag(w, flag) for w in kept) else kept + [flag]
+
+
+def _interrupted(args) -> str:
+    """The one line a Ctrl-C leaves: what is kept in --out and the command that goes on from it."""
+    words, kept = _train_words(args), saved_step(args.out)
+    if kept is None:  # a partial loss.csv may be there: --overwrite starts over whatever is left
+        return (f"interrupted before the first checkpoint, so there is nothing to resume; start again with: "
+                f"{_launcher()} train {shlex.join(_with_flag(words, '--overwrite', '--resume'))}")
+    step, epochs = kept
+    return (f"interrupted; the checkpoint of step {step} (epoch {epochs:g}) in {args.out} is intact; "
+            f"resume it with: {_launcher()} train {shlex.join(_with_flag(words, '--resume', '--overwrite'))}")
+
+
 def cli_train(args) -> int:
-    """`minidiff train <recipe> --out DIR [...]`: every setting is checked before the data is read."""
+    """`minidiff train <recipe> --out DIR [...]`: every setting is checked before the data is read.
+
+    Ctrl-C stops the run with one line (exit code 130, as a shell reports SIGINT) that names the
+    checkpoint kept and the command that resumes it, instead of a KeyboardInterrupt traceback.
+    """
     cfg = recipe_config(
         args.recipe,
         epochs=args.epochs,
@@ -277,7 +334,12 @@ def cli_train(args) -> int:
         **({"num_hiddens": args.hidden} if args.recipe != "judge" else {"width": args.hidden}),
     )
     command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
-    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
-          amp=args.amp)
+    try:
+        train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
+              amp=args.amp)
+    except KeyboardInterrupt:
+        if distributed.from_environment().is_main:  # one line per run, not one per process
+            print(f"minidiff train: {_interrupted(args)}", file=sys.stderr)
+        return 130
     print(f"saved {cfg['recipe']} model to {args.out}")
     return 0

@@ -179,3 +179,45 @@ def test_from_pretrained_with_a_repo_id_downloads_then_loads(monkeypatch, tmp_pa
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     unet = IFUNet.from_pretrained("DeepFloyd/IF-I-XL-v1.0")
     assert unet.config.block_out_channels == (8, 16, 16, 24)
+
+
+def test_a_cache_dir_that_is_a_file_is_named_before_any_download(monkeypatch, tmp_path):
+    """Offline, the hub would only say "could not reach the hub"; the bad folder is the thing to name."""
+    def tripped(*args, **kwargs):
+        raise AssertionError("the bad cache_dir was not refused before the download")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", tripped)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=r"cache_dir .*a_file is a file, not a folder"):
+        hub.download_unet("if-i-xl", cache_dir=tmp_path / "a_file")
+    with pytest.raises(ValueError, match=r"cache_dir .*a_file.t5 cannot be written to"):
+        hub.download_t5(cache_dir=tmp_path / "a_file" / "t5")
+
+
+def test_weights_variable_naming_no_folder_is_named(monkeypatch, tmp_path):
+    from minidiff.paths import shipped_dir
+
+    monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match=r"^MINIDIFF_WEIGHTS=.*typo is not a folder"):
+        shipped_dir("weights")
+    assert shipped_dir("lessons").is_dir()  # the variable is only about weights
+
+
+def test_fetch_draws_no_hub_progress_bars_off_a_terminal(monkeypatch, tmp_path, capsys):
+    """Redirected to a log (stderr not a terminal), the hub's download bars stay off, like minidiff's own."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    seen = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, cache_dir=None, **kwargs):
+        seen.append(are_progress_bars_disabled())
+        (tmp_path / "unet").mkdir(exist_ok=True)
+        (tmp_path / "unet" / "config.json").write_text("{}")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    try:
+        assert main(["fetch", "if-i-m"]) == 0
+    finally:
+        enable_progress_bars()
+    assert seen == [True]

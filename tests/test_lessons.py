@@ -56,7 +56,8 @@ def test_cli_lists_every_lesson(capsys):
 
 def test_readme_table_lists_every_lesson():
     text = README.read_text(encoding="utf-8")
-    rows = re.findall(r"^\|\s*([AB]\d+(?:\.\d+)*)\s*\|", text, flags=re.MULTILINE)
+    # the lesson table's rows, told from the exercise table's by their command
+    rows = re.findall(r"^\|\s*([AB]\d+(?:\.\d+)*)\s*\|.*`minidiff lesson ", text, flags=re.MULTILINE)
     assert rows == [i.id for i in LESSONS]
 
 
@@ -65,3 +66,25 @@ def test_unknown_lesson_is_a_clear_error(capsys):
         find_lesson("Z9")
     assert cli_main(["lesson", "Z9", "--out", "unused"]) == 2
     assert "no lesson" in capsys.readouterr().err
+
+
+def test_titles_end_without_a_period_so_the_summary_reads_as_one_sentence():
+    """`A1.7 SDEdit (Meng et al., 2022): 1 file in 16.1 s`, not `...2022).: 1 files in ...`."""
+    from minidiff.lessons_index import _files
+
+    assert all(not i.title.endswith(".") and i.title for i in LESSONS)
+    assert find_lesson("A1.7").title.endswith("(Meng et al., 2022)")
+    assert (_files(1), _files(3), _files(0)) == ("1 file", "3 files", "0 files")
+
+
+def test_lesson_all_banner_says_what_it_costs():
+    import argparse
+
+    from minidiff.lessons_index import _how_long
+
+    def banner(**kw):
+        return _how_long(argparse.Namespace(**{"quick": False, "train": False, **kw}))
+
+    assert "quick mode" in banner(quick=True) and "minute" in banner(quick=True)
+    assert "quick" not in banner() and "minutes" in banner()
+    assert "--train adds the training" in banner(train=True) and "--train" not in banner()

@@ -101,7 +101,26 @@ def test_cli_sample_digits_writes_the_npz(tiny_checkpoints, tmp_path):
     with np.load(out) as f:
         assert f["images"].shape == (10, 28, 28) and f["images"].dtype == np.uint8
         assert f["labels"].tolist() == list(range(10)) and f["labels"].dtype == np.int64
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the digits to look at, beside them
     assert main(["sample-digits", "--out", str(tmp_path / "d.png"), "--model", str(tiny_checkpoints["flow-class"])]) == 2
+
+
+def test_class_vectors_take_whole_labels_and_refuse_fractions():
+    assert torch.equal(P.class_vectors(torch.tensor([2, 0])), torch.eye(10)[[2, 0]])
+    assert torch.equal(P.class_vectors([2.0, 0.0]), torch.eye(10)[[2, 0]])
+    for bad in ([1.5], torch.tensor([True]), ["1"]):
+        with pytest.raises(ValueError, match="labels"):
+            P.class_vectors(bad)
+
+
+def test_the_digit_grid_has_one_row_per_class_and_at_most_the_columns_asked(tmp_path):
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 3)
+    few = Image.open(P.save_digit_grid(tmp_path / "few.png", images, labels, columns=2))
+    more = Image.open(P.save_digit_grid(tmp_path / "more.png", images, labels, columns=3))
+    assert few.height == more.height and few.width < more.width
 
 
 @pytest.mark.skipif(P.cpp_compiler() is None,

@@ -40,6 +40,7 @@ def tripwires(monkeypatch):
 
     monkeypatch.setattr(mnist_pipeline, "sample_digits", tripped)
     monkeypatch.setattr("minidiff.lessons_index.load_lesson", tripped)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", tripped)
 
 
 NO_CUDA = not torch.cuda.is_available()
@@ -83,6 +84,10 @@ CASES = [
     ("lesson-device-unknown", "lesson A1.1 --device tpu --out {tmp}/out", r"--device.*(unknown device|runs on cpu)"),
     # fetch
     ("fetch-unknown-model", "fetch if-ii-xl", r"unknown model 'if-ii-xl'"),
+    ("fetch-cache-dir-a-file", "fetch if-i-xl --cache-dir {tmp}/plain_file",
+     r"--cache-dir .*plain_file is a file, not a folder"),
+    ("fetch-cache-dir-under-a-file", "fetch if-ii-l --cache-dir {tmp}/plain_file/hub",
+     r"--cache-dir .*plain_file/hub cannot be written to"),
 ]
 
 

@@ -10,7 +10,10 @@ that diverges.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -72,12 +75,12 @@ class Ctx:
             shutil.copytree(self._saved, copy)
         return copy
 
-    def cli(self, *argv: str, out: Path | None = None) -> None:
+    def cli(self, *argv: str, out: Path | None = None, recipe: str = "flow-time") -> None:
         """`minidiff train flow-time --out ... --epochs 1 --batch-size 32 --hidden 4 --data ... ARGV` (later flags win).
 
         Called below the command line's error printing, so that the test sees the exception itself.
         """
-        args = ["train", "flow-time", "--out", str(out or self.tmp / "new"), "--epochs", "1",
+        args = ["train", recipe, "--out", str(out or self.tmp / "new"), "--epochs", "1",
                 "--batch-size", str(BATCH), "--hidden", "4", "--data", str(self.mnist_dir)]
         parsed = build_parser().parse_args(args + list(argv))
         parsed.func(parsed)
@@ -126,6 +129,12 @@ def _nan_model():
     return model
 
 
+def _while_owned(folder: Path, call: Callable[[], object]) -> None:
+    """call() while the test holds folder's run lock, as a run training into it would."""
+    with RF.owned_run_folder(folder, "minidiff train held-by-the-test"):
+        call()
+
+
 def _no_labels_over_9(c: Ctx):
     x, y = random_digits()
     c.train(data=(x, y + 5))
@@ -141,27 +150,50 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
     # -- the command line: settings ------------------------------------------------------
     ("epochs-inf", lambda c: c.cli("--epochs", "inf"), ValueError, r"epochs \(--epochs\) must be a finite number, got inf"),
     ("epochs-nan", lambda c: c.cli("--epochs", "nan"), ValueError, r"epochs \(--epochs\) must be a finite number"),
-    ("epochs-0", lambda c: c.cli("--epochs", "0"), ValueError, r"epochs \(--epochs\) must be > 0"),
-    ("epochs-negative", lambda c: c.cli("--epochs", "-2"), ValueError, r"epochs \(--epochs\) must be > 0"),
-    ("epochs-huge", lambda c: c.cli("--epochs", "1e300"), ValueError, r"epochs \(--epochs\) = 1e\+300 means .* steps"),
+    ("epochs-0", lambda c: c.cli("--epochs", "0"), ValueError, r"epochs \(--epochs\) must lie in \(0, 10000\].*got 0$"),
+    ("epochs-negative", lambda c: c.cli("--epochs", "-2"), ValueError, r"epochs \(--epochs\) must lie in \(0, 10000\]"),
+    ("epochs-huge", lambda c: c.cli("--epochs", "1e300"), ValueError,
+     r"epochs \(--epochs\) must lie in \(0, 10000\] \(the recipes train 4 to 18\), got 1e\+300"),
+    ("epochs-10-to-the-12", lambda c: c.cli("--epochs", str(10**12)), ValueError,
+     r"epochs \(--epochs\) must lie in \(0, 10000\] \(the recipes train 4 to 18\), got 1e\+12"),
+    ("epochs-just-over", lambda c: c.cli("--epochs", "10000.5"), ValueError, r"must lie in \(0, 10000\].*got 10000\.5"),
+    ("epochs-not-a-number", lambda c: c.cli("--epochs", "five"), SystemExit, r"2"),
     ("lr-nan", lambda c: c.cli("--lr", "nan"), ValueError, r"lr \(--lr\) must be a finite number"),
     ("lr-inf", lambda c: c.cli("--lr", "inf"), ValueError, r"lr \(--lr\) must be a finite number"),
     ("lr-0", lambda c: c.cli("--lr", "0"), ValueError, r"lr \(--lr\) must be > 0"),
     ("lr-negative", lambda c: c.cli("--lr", "-0.1"), ValueError, r"lr \(--lr\) must be > 0"),
-    ("batch-0", lambda c: c.cli("--batch-size", "0"), ValueError, r"batch_size \(--batch-size\) must be an int >= 1"),
+    ("batch-0", lambda c: c.cli("--batch-size", "0"), ValueError,
+     r"batch_size \(--batch-size\) must be an int from 1 to 70000 \(70,000 is all of MNIST in one step\), got 0"),
+    ("batch-10-to-the-12", lambda c: c.cli("--batch-size", str(10**12)), ValueError,
+     r"batch_size \(--batch-size\) must be an int from 1 to 70000 .*got 1000000000000"),
     ("batch-over-data", lambda c: c.cli("--batch-size", "65"), ValueError,
      r"64 images, batch size 65; lower --batch-size to at most 64"),
-    ("hidden-0", lambda c: c.cli("--hidden", "0"), ValueError, r"num_hiddens \(--hidden\) must be an int >= 1"),
-    ("hidden-negative", lambda c: c.cli("--hidden", "-4"), ValueError, r"num_hiddens \(--hidden\) must be an int >= 1"),
-    ("judge-width-0", lambda c: R.recipe_config("judge", width=0), ValueError, r"width \(--hidden\) must be an int >= 1"),
-    ("seed-negative", lambda c: c.cli("--seed", "-1"), ValueError, r"seed \(--seed\) must be an int >= 0"),
-    ("seed-huge", lambda c: c.cli("--seed", str(2**40)), ValueError, r"seed \(--seed\) must be below 2\*\*32"),
+    ("hidden-0", lambda c: c.cli("--hidden", "0"), ValueError, r"num_hiddens \(--hidden\) must be an int from 1 to 512"),
+    ("hidden-negative", lambda c: c.cli("--hidden", "-4"), ValueError, r"num_hiddens \(--hidden\) must be an int from 1"),
+    ("hidden-10-to-the-9", lambda c: c.cli("--hidden", str(10**9)), ValueError,
+     r"num_hiddens \(--hidden\) must be an int from 1 to 512 \(D = 512 is 129M parameters, 2 GB with Adam's "
+     r"moments; the course's widest is 128\), got 1000000000$"),
+    ("hidden-just-over", lambda c: c.cli("--hidden", "513"), ValueError, r"from 1 to 512 .*got 513$"),
+    ("judge-width-0", lambda c: R.recipe_config("judge", width=0), ValueError,
+     r"width \(--hidden\) must be an int from 1 to 512"),
+    ("judge-width-10-to-the-9", lambda c: c.cli("--hidden", str(10**9), recipe="judge"), ValueError,
+     r"width \(--hidden\) must be an int from 1 to 512 \(the judge's first convolution; it ships at 32\), "
+     r"got 1000000000"),
+    ("load-width-10-to-the-9", lambda c: RF.load_checkpoint(_edit_config(c.run(), num_hiddens=10**9)), ValueError,
+     r"num_hiddens in .*run/config\.json must be an int from 1 to 512"),
+    ("seed-negative", lambda c: c.cli("--seed", "-1"), ValueError,
+     r"seed \(--seed\) must be an int from 0 to 9223372036854775807 \(2\*\*63 - 1, as torch.Generator.manual_seed "
+     r"takes\), got -1"),
+    ("seed-huge", lambda c: c.cli("--seed", "99999999999999999999999"), ValueError,
+     r"seed \(--seed\) must be an int from 0 to 9223372036854775807 .*got 99999999999999999999999$"),
+    ("seed-just-over", lambda c: c.cli("--seed", str(2**63)), ValueError,
+     r"from 0 to 9223372036854775807 .*got 9223372036854775808$"),
     ("save-every-0", lambda c: c.cli("--save-every", "0"), ValueError, r"save_every \(--save-every\) must be an int >= 1"),
     ("save-every-negative", lambda c: c.cli("--save-every", "-3"), ValueError, r"save_every \(--save-every\) must be"),
     ("snapshot-0", lambda c: c.cli("--snapshot-epochs", "0"), ValueError,
-     r"snapshot_epochs \(--snapshot-epochs\) must be whole epochs from 1 to epochs = 1.0, got 0"),
+     r"snapshot_epochs \(--snapshot-epochs\) must be whole epochs from 1 to epochs = 1, got 0"),
     ("snapshot-over-epochs", lambda c: c.cli("--snapshot-epochs", "1,3"), ValueError,
-     r"snapshot-epochs.* from 1 to epochs = 1.0, got 3"),
+     r"snapshot-epochs.* from 1 to epochs = 1, got 3"),
     ("snapshot-negative", lambda c: c.cli("--snapshot-epochs", "-1"), ValueError, r"snapshot-epochs.*got -1"),
     ("snapshot-letters", lambda c: c.cli("--snapshot-epochs", "a,b"), ValueError,
      r"--snapshot-epochs takes whole epochs separated by commas.*got 'a,b'"),
@@ -181,6 +213,11 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
     ("resume-and-overwrite", lambda c: c.train(out=c.run(), resume=True, overwrite=True), ValueError,
      r"--resume .* --overwrite .*choose one"),
     ("resume-without-run", lambda c: c.cli("--resume"), FileNotFoundError, r"--resume: no training checkpoint in .*new"),
+    ("out-in-use", lambda c: _while_owned(c.tmp / "new", lambda: c.cli()), RF.RunFolderInUse,
+     rf"new is in use by another training run \(pid {os.getpid()} on host {re.escape(socket.gethostname())}, "
+     r"started [-0-9]+ [:0-9]+: minidiff train held-by-the-test\); wait until it ends, or choose another --out$"),
+    ("resume-in-use", lambda c: _while_owned(c.run(), lambda: c.cli("--resume", out=c.run())), RF.RunFolderInUse,
+     r"run is in use by another training run \(pid \d+ on host"),
     ("data-folder-missing", lambda c: c.cli("--data", str(c.tmp / "nowhere")), FileNotFoundError,
      r"nowhere does not exist; point it to a folder holding t10k-images-idx3-ubyte\.gz"),
     ("data-folder-empty", lambda c: c.cli("--data", str(c.tmp)), FileNotFoundError,

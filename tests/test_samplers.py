@@ -14,7 +14,9 @@ of v); we allow 5 standard errors (two-sided false-alarm rate ~6e-7 per check).
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 
 import pytest
 import torch
@@ -341,14 +343,20 @@ def test_if_style_2c_output_with_v_minus_one_equals_fixed_variance_run():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_progress_false_prints_nothing_and_true_shows_a_bar(capsys):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_false_prints_nothing_and_true_shows_a_bar_on_a_terminal_only(monkeypatch):
+    """progress=True draws a bar where a person watches (a terminal), none into a log or a pipe."""
     data = make_data(2)
     den = finite_data_denoiser(data, FLOW)
     x = torch.zeros(1, 1, 8, 8)
-    flow_euler(den, x, FLOW, FlowSchedule.timesteps(3), progress=False)
-    assert capsys.readouterr().err == ""
-    flow_euler(den, x, FLOW, FlowSchedule.timesteps(3), progress=True)
-    assert "denoising" in capsys.readouterr().err
+    for stream, progress, drawn in [(_Terminal(), False, False), (_Terminal(), True, True), (io.StringIO(), True, False)]:
+        monkeypatch.setattr(sys, "stderr", stream)
+        flow_euler(den, x, FLOW, FlowSchedule.timesteps(3), progress=progress)
+        assert ("denoising" in stream.getvalue()) == drawn, (progress, type(stream).__name__)
 
 
 # ----------------------------------------------------------------------------------------

@@ -161,3 +161,25 @@ def test_missing_t5_folder_is_a_clear_error(tmp_path):
     (tmp_path / "enc").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         text.load_t5(tmp_path / "enc")
+
+
+def test_without_t5_the_error_says_which_prompts_and_which_cache(tmp_path, monkeypatch):
+    """Not only "could not reach the hub": the prompts lack embeddings and the encoder is not here."""
+    from minidiff.hub import HubAccessError
+
+    def offline(*args, **kwargs):
+        raise HubAccessError("could not reach the hub for DeepFloyd/IF-I-XL-v1.0")
+
+    monkeypatch.setattr(text, "load_t5", offline)
+    cache = tmp_path / "c.safetensors"
+    text.save_embedding_cache({"a pencil": torch.randn(77, 8)}, cache)
+    with pytest.raises(HubAccessError) as err:
+        text.prompt_embeddings(["a pencil", "a dog", "a cat"], cache=cache)
+    msg = str(err.value)
+    assert msg.startswith(f"no embedding of 'a dog' (and 1 more prompt) in the prompt-embedding cache {cache}, and "
+                          "the T5 prompt text encoder that computes them is not on this machine")
+    assert "minidiff fetch t5" in msg and msg.endswith("could not reach the hub for DeepFloyd/IF-I-XL-v1.0")
+    monkeypatch.setenv("MINIDIFF_EMBED_CACHE", str(tmp_path / "gone" / "c.safetensors"))
+    with pytest.raises(HubAccessError, match=r"cache MINIDIFF_EMBED_CACHE=.*gone.c\.safetensors, which does not "
+                                             r"exist \(nor does its folder .*gone\)"):
+        text.prompt_embeddings(["a pencil"])

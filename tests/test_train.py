@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from safetensors.torch import load_file
 from minidiff import recipes as R
 from minidiff import run_folder as RF
 from minidiff import train as T
-from minidiff.cli import main
+from minidiff.cli import build_parser, main
 from minidiff.data import write_idx
 from minidiff.models.mnist import class_vector
 from minidiff.schedule import DDPMSchedule, FlowSchedule
@@ -232,5 +234,65 @@ def test_cli_train_on_an_idx_folder(tmp_path, monkeypatch):
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_hiddens"] == 4 and cfg["train_images"] == 80 and cfg["steps"] == 2
-    with open(out / "loss.csv") as f:
+    assert cfg["epochs"] == 1 and type(cfg["epochs"]) is int  # --epochs 1 is recorded as 1, not 1.0
+    log = (out / "loss.csv").read_bytes()
+    assert b"\r" not in log and log.count(b"\n") == 3  # a header and 2 rows, each ending in a bare newline
+    with open(out / "loss.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_a_fraction_of_an_epoch_stays_a_fraction(tmp_path):
+    args = build_parser().parse_args(["train", "flow-class", "--out", str(tmp_path), "--epochs", "0.5"])
+    assert args.epochs == 0.5 and type(build_parser().parse_args(["train", "judge", "--out", "x", "--epochs", "3"])
+                                        .epochs) is int
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_the_files_of_a_run_follow_the_umask(tmp_path, umask):
+    """Every file a run writes gets 0o666 less the umask, as a plain open() gives (safetensors alone gave 0o600)."""
+    before = os.umask(umask)
+    try:
+        T.train(tiny("flow-class", epochs=1, save_every=1), tmp_path, data=fake_digits(32), progress=False)
+    finally:
+        os.umask(before)
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert {f.relative_to(tmp_path).as_posix() for f in files} >= {"model.safetensors", "train_state.safetensors",
+                                                                    "config.json", "loss.png", "loss.csv",
+                                                                    "snapshots/epoch_001/model.safetensors"}
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o666 & ~umask for f in files}
+
+
+def test_resume_rewrites_the_log_whole_and_with_bare_newlines(tmp_path):
+    """loss.csv of an older run (CR LF rows, rows past its checkpoint) is rewritten: the kept rows, '\\n' endings."""
+    data = fake_digits(48)
+    T.train(tiny("flow-time"), tmp_path, data=data, progress=False, max_steps=2)
+    log = tmp_path / "loss.csv"
+    rows = log.read_text().splitlines() + ["2,0,0.01,9.99", "3,1,0.01,9.99"]  # trained after the checkpoint
+    log.write_bytes("".join(r + "\r\n" for r in rows).encode())
+    T.train(tiny("flow-time"), tmp_path, data=data, progress=False, resume=True)
+    text = log.read_text()
+    assert "\r" not in text and "9.99" not in text
+    assert [s for s, _ in RF.read_loss_log(tmp_path)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_train_help_shows_each_recipes_defaults():
+    """`minidiff train --help` lists what RECIPES says (written out in cli.py, so that --help needs no torch)."""
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for recipe, settings in R.RECIPES.items():
+        row = next(line.split() for line in help_text.splitlines() if line.startswith(f"  {recipe} "))
+        width = settings.get("num_hiddens", settings.get("width"))
+        assert row[1:5] == [str(settings["epochs"]), str(settings["batch_size"]), f"{settings['lr']:.0e}".replace(
+            "e-0", "e-"), str(width)], row
+        assert ("--ema" in " ".join(row)) == ("ema_decay" in settings)
+    ranges = {key: high for key, (low, high, _) in R._RANGES.items()}
+    assert (f"epochs in (0, {R.MAX_EPOCHS}], batch size 1..{ranges['batch_size']}, width 1..{ranges['num_hiddens']}, "
+            f"seed 0..2**63-1") in help_text
+    assert ranges["seed"] == 2**63 - 1 and ranges["width"] == ranges["num_hiddens"]
+    assert "--seed SEED           seed of every random draw" in help_text
+
+
+def test_the_epoch_order_of_earlier_seeds_is_kept_and_any_seed_in_range_works():
+    n = 48
+    expected = torch.randperm(n, generator=torch.Generator().manual_seed(5 * 1_000_003 + 3))
+    assert torch.equal(T._epoch_order(5, 3, n), expected)  # seeds below 2**32: the order runs always had
+    assert sorted(T._epoch_order(2**63 - 1, 7, n).tolist()) == list(range(n))
