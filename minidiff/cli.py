@@ -2,32 +2,82 @@
 
     minidiff lessons                          list the lessons
     minidiff lesson <id> --out DIR [--quick]  run one lesson (or ``all``) and write its figures
-    minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz
+    minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz [--png FILE.png]
     minidiff train <recipe> [...]             train a Part B model
     minidiff fetch if-i-xl|...|if-ii-l        download IF stage-1 or stage-2 weights (licence + token)
     minidiff embed "a prompt" ...             encode prompts with T5 and cache them
+    minidiff exercises                        the exercises: write the method, minidiff checks it
+    minidiff exercise <id> --out DIR          a starter file for one exercise
+    minidiff check FILE | check <id> --reference   run an exercise's checks on your file (or on minidiff's)
 
 Each subcommand is a thin shell around a library function; the heavy imports happen only
 when that subcommand runs, so ``minidiff --help`` is instant.
+
+However a command ends, it says so in at most one line on stderr (``report_errors``): exit 2
+for a refused input, 130 for Ctrl-C (with what was kept), 141 without a word when the reader
+of standard output has left (``| head -1``), 1 when standard output cannot be written.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable, Sequence
 
 
+# The limits of `minidiff sample-digits`, the same as minidiff.mnist_pipeline's (repeated here so that
+# `minidiff --help` need not import torch; tests/test_refuse_sizes.py keeps the two equal).
+MAX_STEPS, MAX_PER_CLASS = 10_000, 10_000
+SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed takes
+
+
+def _whole_number(text: str, low: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        too_long = text.strip().lstrip("+-").isdigit()  # Python refuses ints of over 4300 digits
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got "
+                                         f"{f'{len(text)} digits' if too_long else repr(text[:40])}") from None
+
+
+def int_in(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
+    """argparse type factory: a whole number in [low, high] (no upper bound with high None).
+
+    The error states the allowed range, so that a size typed with a few digits too many is
+    one line at once, not a hang or an allocator's message after minutes.
+    """
+
+    def parse(text: str) -> int:
+        value = _whole_number(text, low)
+        allowed = f" (allowed: {low}..{high}{why})" if high is not None else ""
+        shown = str(value) if len(str(value)) <= 24 else f"a number of {len(str(value))} digits"
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{allowed}, got {shown}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{allowed}, got {shown}")
+        return value
+
+    return parse
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (steps, counts, sizes), so that 0 never means "the default"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return int_in(1)(text)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, a whole number in 0..2**63 - 1 (what torch.Generator.manual_seed takes)."""
+    return int_in(0, SEED_MAX, " = 2**63 - 1, what torch.Generator.manual_seed takes")(text)
+
+
+def nonempty(text: str) -> str:
+    """argparse type: a path or name that is not empty ('' would silently mean "." or "the default")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must not be empty (it would quietly mean the current folder or the "
+                                         f"default), got {text!r}")
+    return text
 
 
 def finite_float(text: str) -> float:
@@ -100,9 +150,44 @@ def _sample_digits(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from minidiff.train import cli_train
-
+    try:  # torch takes seconds to import: a Ctrl-C then is one line too, like one during training
+        from minidiff.train import cli_train
+    except KeyboardInterrupt:
+        print("minidiff train: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
     return cli_train(args)
+
+
+def epochs_number(text: str) -> int | float:
+    """argparse type: "5" -> 5, "0.5" -> 0.5, so that config.json records --epochs 1 as 1, not 1.0.
+
+    The range is minidiff.recipes' to check (MAX_EPOCHS), with the flag named.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs such as 5 or 0.5, got {text!r:.40}") from None
+
+
+# What each recipe trains with, for `minidiff train --help`: minidiff.recipes.RECIPES, written out
+# so that --help need not import torch (tests/test_train.py keeps the two equal).
+TRAIN_DEFAULTS = """\
+each recipe's defaults (an option left out takes them):
+  recipe          epochs  batch size  lr     width (--hidden)
+  denoiser             5          64  1e-3   32
+  pure-noise           5          64  1e-3   32
+  ddpm-time           10         128  1e-3   32
+  ddpm-class          10         128  1e-3   32
+  flow-time           10          64  1e-2   32
+  flow-class           8          64  1e-2   32
+  flow-class-ema      18          64  1e-2   32  (and --ema 0.999)
+  judge                4          64  1e-3   32
+the ranges: epochs in (0, 10000], batch size 1..70000, width 1..512, seed 0..2**63-1
+"""
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -115,6 +200,24 @@ def _embed(args: argparse.Namespace) -> int:
     from minidiff.text import cli_embed
 
     return cli_embed(args)
+
+
+def _exercises(args: argparse.Namespace) -> int:
+    from minidiff.exercises import print_exercises
+
+    return print_exercises(args.dir)
+
+
+def _exercise(args: argparse.Namespace) -> int:
+    from minidiff.exercises import print_starter
+
+    return print_starter(args.id, args.out)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from minidiff.exercises import print_check
+
+    return print_check(args.target, reference=args.reference)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,17 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sample-digits", help="sample MNIST digits with a shipped class-conditional model",
                        description="Sample digits of every class with classifier-free guidance. Every setting "
                                    "left out is the model's own (its config.json, \"sampler\").")
-    q.add_argument("--per-class", type=positive_int, default=10, help="digits per class (default 10)")
+    q.add_argument("--per-class", type=int_in(1, MAX_PER_CLASS), default=10,
+                   help=f"digits per class, 1..{MAX_PER_CLASS} (default 10)")
     q.add_argument("--guidance", type=finite_float, default=None,
                    help="classifier-free guidance scale (default: the model's own; 5 for the course's models)")
-    q.add_argument("--steps", type=positive_int, default=None,
-                   help="sampler steps (default: the model's own; 8 Heun steps for the course's flow model)")
+    q.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None,
+                   help=f"sampler steps, 1..{MAX_STEPS} (at most T for a DDPM model; default: the model's own, "
+                        "8 Heun steps for the course's flow model)")
     q.add_argument("--final-denoise", type=noise_level, default=None, metavar="S",
                    help="flow models: one last denoising step at noise level S in [0, 1), 0 for none "
                         "(default: the model's own)")
-    q.add_argument("--seed", type=int, default=0, help="the same seed gives the same digits (default 0)")
-    q.add_argument("--out", required=True, help="output .npz (images uint8 N x 28 x 28, labels int64)")
-    q.add_argument("--model", default=None,
+    q.add_argument("--seed", type=seed_int, default=0,
+                   help="0..2**63-1; the same seed gives the same digits (default 0)")
+    q.add_argument("--out", type=nonempty, required=True,
+                   help="output .npz (images uint8 N x 28 x 28, labels int64)")
+    q.add_argument("--png", type=nonempty, default=None,
+                   help="also the digits as a picture, one row per class, at most 16 digits each "
+                        "(default: --out with .png in place of .npz)")
+    q.add_argument("--model", type=nonempty, default=None,
                    help="a shipped model name (flow-class-ema, flow-class, ddpm-class) or a checkpoint "
                         "directory (default: flow-class-ema)")
     q.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -153,17 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_sample_digits)
 
     q = sub.add_parser("train", help="train a Part B model (see 'minidiff train --help')",
-                       description="Train a Part B model. On several processes: torchrun --nproc_per_node N "
-                                   "-m minidiff train ... (--batch-size is then the global batch, split "
-                                   "evenly; the result equals one process's up to float rounding).")
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_DEFAULTS,
+                       description="Train a Part B model. On several processes: torchrun --nproc_per_node N\n"
+                                   "-m minidiff train ... (--batch-size is then the global batch, split evenly;\n"
+                                   "the result equals one process's up to float rounding). One run at a time\n"
+                                   "may train into a folder; Ctrl-C stops it with the command that resumes it.")
     q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | "
                                    "flow-class-ema (flow-class trained longer, shipping a weight average) | judge")
     q.add_argument("--out", required=True, help="the run's folder (checkpoints, loss.csv, snapshots/)")
-    q.add_argument("--epochs", type=float, default=None, help="epochs, > 0; a fraction runs part of one")
-    q.add_argument("--batch-size", type=int, default=None, help="images per step, at most the training set's size")
-    q.add_argument("--lr", type=float, default=None, help="Adam learning rate, > 0")
-    q.add_argument("--hidden", type=int, default=None, help="UNet width D (the judge's width)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--epochs", type=epochs_number, default=None,
+                   help="epochs, > 0 and at most 10000; a fraction runs part of one (default: the recipe's, below)")
+    q.add_argument("--batch-size", type=int, default=None,
+                   help="images per step, at most the training set's size (default: the recipe's, below)")
+    q.add_argument("--lr", type=float, default=None, help="Adam learning rate, > 0 (default: the recipe's, below)")
+    q.add_argument("--hidden", type=int, default=None,
+                   help="UNet width D (the judge's width), 1..512 (default: the recipe's, 32)")
+    q.add_argument("--seed", type=int, default=0,
+                   help="seed of every random draw: the weights, the epoch order, the noise, t and the class "
+                        "drops; the same seed trains the same model (0..2**63-1, default 0)")
     q.add_argument("--data", default=None, help="MNIST folder (IDX files); default: $MINIDIFF_MNIST_DIR or download")
     runs = q.add_mutually_exclusive_group()
     runs.add_argument("--resume", action="store_true",
@@ -196,26 +313,129 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache", default=None, help="cache file (safetensors)")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_embed)
+
+    q = sub.add_parser("exercises", help="list the exercises: write a method yourself, minidiff checks it",
+                       description="Every exercise: its id, what to write, its lesson, and whether your file "
+                                   "in the folder passed its checks.")
+    q.add_argument("--dir", default=".", help="the folder holding your exercise files (default: here)")
+    q.set_defaults(func=_exercises)
+
+    q = sub.add_parser("exercise", help="write the starter file of one exercise",
+                       description="Write the starter: the signature, the equation and a body that raises "
+                                   "'not implemented yet'. A file you have edited is never overwritten.")
+    q.add_argument("id", help="exercise id from 'minidiff exercises', e.g. A1.4")
+    q.add_argument("--out", type=nonempty, default=".", help="folder to write it into (default: here)")
+    q.set_defaults(func=_exercise)
+
+    q = sub.add_parser("check", help="run an exercise's checks on your file (or on minidiff's own function)",
+                       description="Run the exercise's property tests on your function: one line per check, "
+                                   "and for the first failure the smallest input, what was expected, what came "
+                                   "back and a hint. Exit code 0 only when every check passes.")
+    q.add_argument("target", help="your exercise file, or an exercise id with --reference")
+    q.add_argument("--reference", action="store_true", help="run the checks on minidiff's own implementation")
+    q.set_defaults(func=_check)
     return p
 
 
-def report_errors(command: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a command; an error minidiff raises on purpose becomes one line on stderr and exit code 2."""
+class _WatchedStdout:
+    """sys.stdout, keeping the error if a write to it failed: a full disk under standard output is then
+    told apart from a full disk under a figure."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.error = stream, None
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _output_failed(command: str, err: OSError) -> int:
+    """Standard output is closed (its reader left: ``| head -1``) or cannot be written (``> /dev/full``).
+
+    Its file descriptor is pointed at /dev/null, so that the interpreter's last flush of what is
+    still buffered does not fail a second time, with a traceback, at exit.
+    """
     try:
-        return int(func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to redirect
+        pass
+    if isinstance(err, BrokenPipeError):
+        return 141  # quietly, with 128 + SIGPIPE: what `yes | head -1` leaves in bash's PIPESTATUS
+    print(f"{command}: cannot write to standard output: {err.strerror or err}", file=sys.stderr)
+    return 1
+
+
+def report_errors(command: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
+                  interrupted: str = "") -> int:
+    """Run a command; whatever stops it ends in at most one line on stderr and an exit code, never a traceback.
+
+    - an error minidiff raises on purpose (ValueError, FileNotFoundError, RuntimeError): its message, exit 2;
+    - Ctrl-C: "<command>: interrupted; <what was kept>", exit 130 (128 + SIGINT). The what-was-kept comes
+      from the KeyboardInterrupt when the command raised one with a message, else from ``interrupted``;
+    - standard output closed by its reader: nothing, exit 141; standard output that cannot be written
+      (a full disk): "<command>: cannot write to standard output: <why>", exit 1.
+    """
+    stdout = sys.stdout = _WatchedStdout(sys.stdout)
+    try:
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # now, not at exit: a closed or full standard output is reported like the rest
+        return code
+    except KeyboardInterrupt as stop:
+        kept = str(stop) or interrupted
+        print(f"{command}: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
+        return 130
+    except OSError as err:
+        if stdout.error is not None:
+            return _output_failed(command, err)
+        if not isinstance(err, FileNotFoundError):
+            raise
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as err:
         # Errors we raise on purpose carry their own advice; print it without a traceback.
         print(f"{command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout = stdout.stream
+
+
+def _what_is_kept(args: argparse.Namespace) -> str:
+    """What a command interrupted by Ctrl-C leaves behind, for its one line (`minidiff lesson` says its own)."""
+    if args.command == "sample-digits":
+        return "no file was written (sample-digits writes its files whole, at the end)"
+    if args.command == "fetch":
+        return "files already complete stay in the hub cache and the same command fetches the rest"
+    if args.command == "embed":
+        return "the embedding cache is written only once every prompt is encoded, so it was not changed"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # e.g. while --device cuda imports torch to check the GPU
+        print("minidiff: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    return report_errors(f"minidiff {args.command}", args.func, args)
+        return report_errors("minidiff", lambda _: parser.print_help(), args)
+    command = f"minidiff {args.command}" + (f" {args.id}" if args.command == "lesson" else "")
+    return report_errors(command, args.func, args, interrupted=_what_is_kept(args))
 
 
 if __name__ == "__main__":
