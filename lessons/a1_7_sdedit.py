@@ -31,6 +31,6 @@ def run(ctx: LessonContext) -> None:
 
 
 if __name__ == "__main__":
-    from minidiff.lessons_index import main
+    from minidiff.cli import lesson_script as main
 
     main(run, __doc__)

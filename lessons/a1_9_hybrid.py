@@ -53,6 +53,6 @@ def from_afar(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 if __name__ == "__main__":
-    from minidiff.lessons_index import main
+    from minidiff.cli import lesson_script as main
 
     main(run, __doc__)

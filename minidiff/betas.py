@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from minidiff.checks import integer, real_number
+from minidiff.checks import integer, real_in, real_number
 
 __all__ = ["linear_betas", "cosine_betas", "dynamic_threshold"]
 
@@ -39,8 +39,7 @@ def cosine_betas(num_timesteps: int, max_beta: float = 0.999, s: float = 0.008) 
     DeepFloyd IF uses it with T = 1000. Computed in float64, returned as float32 (T,).
     """
     num_timesteps = integer(num_timesteps, "num_timesteps", minimum=1)
-    if not 0.0 < real_number(max_beta, "max_beta") < 1.0:
-        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+    max_beta = real_in(max_beta, "max_beta", "(0, 1)")
     s = real_number(s, "s", nonnegative=True)
 
     def alpha_bar(u: float) -> float:
@@ -62,10 +61,13 @@ def dynamic_threshold(x0_hat: torch.Tensor, ratio: float = 0.995, max_value: flo
     """
     if x0_hat.ndim < 2:
         raise ValueError(f"dynamic_threshold expects a batch (B, ...), got shape {tuple(x0_hat.shape)}")
-    if not 0.0 < real_number(ratio, "ratio") <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    if not real_number(max_value, "max_value") >= 1.0:
-        raise ValueError(f"max_value must be >= 1 (s is clamped to [1, max_value]), got {max_value}")
+    ratio = real_in(ratio, "ratio", "(0, 1]")
+    max_value = real_in(max_value, "max_value", "[1, inf)", why="s is clamped to [1, max_value]")
+    return _dynamic_threshold(x0_hat, ratio, max_value)
+
+
+def _dynamic_threshold(x0_hat: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """``dynamic_threshold`` on checked arguments (DDPMSchedule checks them once, when it is built)."""
     dtype = x0_hat.dtype
     flat = x0_hat.reshape(x0_hat.shape[0], -1)
     if flat.dtype not in (torch.float32, torch.float64):

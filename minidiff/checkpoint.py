@@ -11,14 +11,19 @@ such a folder is caught here, with the file named and a few lines saying what is
   few offenders, not a hundred lines of ``load_state_dict`` output);
 - (MNIST) weights holding NaN or inf, which would only ever sample NaN images;
 - a device this machine does not have (``check_device``), before anything is read.
+
+Writing is the other half: every file minidiff saves goes through ``atomic_write`` (a
+temporary name, then a rename), so a reader, or a run killed mid-save, never sees half a
+file; ``writable_folder`` proves a destination writable before any work.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -31,6 +36,8 @@ __all__ = [
     "nonfinite_keys",
     "check_finite_state",
     "check_device",
+    "atomic_write",
+    "writable_folder",
 ]
 
 DOWNLOAD_AGAIN = "delete it and download it again"
@@ -156,3 +163,43 @@ def check_device(device: str | torch.device) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"device {device!r}: minidiff runs on cpu, cuda or mps")
     return dev
+
+
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it: set a safe one for that instant)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file.
+
+    The file gets the mode a plain open() gives, 0o666 less the umask: some writers (safetensors)
+    create 0o600 files, which the user's group could not read.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def writable_folder(folder: Any, what: str) -> Path:
+    """folder as a Path, if it is or can become a folder we can write in: ValueError otherwise, before any work."""
+    if not isinstance(folder, (str, os.PathLike)) or not str(folder):
+        raise ValueError(f"the {what} must be a folder path, got {folder!r}")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"the {what} {folder} is a file; give a folder (it is made if missing)")
+    parent = folder
+    while not parent.exists():  # the nearest part of the path that exists must be a folder we may write in
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"the {what} {folder} cannot be made: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"the {what} {folder} is not writable (no write permission in {parent}); choose another folder")
+    return folder

@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "SEED_MAX", "real_number", "integer", "seed", "value_range", "finite_tensor", "finite_run", "image_batch",
-    "batch_tensor", "same_shape", "timestep_tensor",
+    "batch_tensor", "same_shape", "timestep_tensor", "real_in", "callable_arg", "torch_generator", "model_output",
 ]
 
 SEED_MAX = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a seed of its own
@@ -164,3 +164,170 @@ def timestep_tensor(t: object, batch: int, name: str) -> torch.Tensor:
     if tt.is_complex() or tt.dtype == torch.bool:
         raise ValueError(f"{name} must be a real number or tensor of them, got dtype {tt.dtype}")
     return tt
+
+
+# ----------------------------------------------------------------------------------------
+# Guidance, filters and views: what their public functions check once, when called
+# ----------------------------------------------------------------------------------------
+
+__all__ += [
+    "condition", "guidance_rule", "batched_condition", "pairs", "time_interval", "invertible_view",
+    "gaussian_kernel_args", "sigma_list", "one_of", "square_image", "blur_padding",
+]
+
+
+def condition(cond: object, name: str) -> torch.Tensor:
+    """cond if it is a tensor whose first dimension is the batch (a guidance condition), else ValueError."""
+    if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
+        raise ValueError(
+            f"{name} must be a tensor whose first dimension is the batch, such as prompt embeddings "
+            f"(B, 77, D) or class vectors (B, K), got {cond!r:.80}"
+        )
+    return cond
+
+
+def guidance_rule(model: object, conds: dict[str, object], guidance_scale: object) -> float:
+    """What every guidance rule checks once, when it is built; returns guidance_scale as a float.
+
+    The model must be callable, every condition a tensor with a batch dimension, all of them
+    the same shape apart from the batch, and the scale a finite number (a NaN or inf scale
+    turns every pixel into NaN, which would be saved as a black image).
+    """
+    if not callable(model):
+        raise ValueError(f"model must be callable as model(x_t, t, cond), got {model!r:.80}")
+    shapes = {name: tuple(condition(c, name).shape) for name, c in conds.items()}
+    if len({shape[1:] for shape in shapes.values()}) > 1:
+        got = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"cond and uncond must have the same shape apart from the batch, got {got}")
+    return real_number(guidance_scale, "guidance_scale")
+
+
+def batched_condition(cond: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """cond with batch 1 or ``batch``, returned with batch ``batch`` (one condition serves every row)."""
+    if cond.shape[0] == batch:
+        return cond
+    if cond.shape[0] == 1:
+        return cond.expand(batch, *cond.shape[1:])
+    raise ValueError(f"{name} has batch {cond.shape[0]} but x_t has batch {batch}: give 1 or {batch} conditions")
+
+
+def pairs(items: object, name: str, who: str, first: str, callable_first: bool = False) -> list:
+    """items as a non-empty list of (first, condition) pairs, else ValueError naming the bad one."""
+    items = list(items)
+    if not items:
+        raise ValueError(f"{who} needs at least one ({first}, condition) pair, got an empty list")
+    for k, pair in enumerate(items):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or (callable_first and not callable(pair[0])):
+            raise ValueError(f"{name}[{k}] must be a ({first}, condition) pair, got {pair!r:.80}")
+    return items
+
+
+def time_interval(value: object, name: str = "interval") -> tuple[float, float]:
+    """value as a pair of finite times (t_lo, t_hi) with t_lo <= t_hi, else ValueError."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (t_lo, t_hi), got {value!r:.80}")
+    t_lo, t_hi = (real_number(v, name) for v in value)
+    if t_lo > t_hi:
+        raise ValueError(f"{name} (t_lo, t_hi) needs t_lo <= t_hi, got {value!r}")
+    return t_lo, t_hi
+
+
+def invertible_view(view: object) -> object:
+    """view if it has callable .view and .inverse (a minidiff.views.View or alike), else ValueError."""
+    if not (callable(getattr(view, "view", None)) and callable(getattr(view, "inverse", None))):
+        raise ValueError(f"expected a View (with .view and .inverse) or a view name, got {view!r}")
+    return view
+
+
+def gaussian_kernel_args(kernel_size: object, sigma: object, sigma_name: str = "sigma") -> tuple[int, float]:
+    """(kernel_size, sigma) checked: a positive odd int (the kernel is centred) and a finite sigma > 0."""
+    kernel_size = integer(kernel_size, "kernel_size")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int (the kernel is centred), got {kernel_size!r}")
+    return kernel_size, real_number(sigma, sigma_name, positive=True)
+
+
+def sigma_list(sigmas: object, kernel_size: object, bands: int | None = None) -> list[float]:
+    """sigmas as floats, each finite and > 0, strictly decreasing (coarsest band first), and with
+    ``bands`` given, bands - 1 of them (N frequency bands are cut by N - 1 blurs); else ValueError."""
+    if not isinstance(sigmas, (list, tuple, range, torch.Tensor)):
+        raise ValueError(f"sigmas must be a list of numbers, got {sigmas!r:.60}")
+    sigmas = [gaussian_kernel_args(kernel_size, s, f"sigmas[{k}]")[1] for k, s in enumerate(sigmas)]
+    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must decrease strictly (coarsest band first), got {sigmas}")
+    if bands is not None and bands != len(sigmas) + 1:
+        raise ValueError(f"N prompts need N - 1 sigmas: got {bands} prompts and {len(sigmas)} sigmas")
+    return sigmas
+
+
+def one_of(value: object, choices, what: str) -> str:
+    """value if it is one of the names ``choices``, else ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def square_image(x: torch.Tensor, who: str, multiple: int = 1, multiple_name: str = "") -> None:
+    """ValueError unless x (..., H, W) is square, with a side that is a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    if h != w or h % multiple:
+        need = f"a square image whose side is a multiple of {multiple_name}={multiple}" if multiple_name else \
+            "a square image x"
+        raise ValueError(f"{who} needs {need}, got {h}x{w}")
+
+
+def blur_padding(padding: object, modes, kernel_size: int, height: int, width: int) -> str:
+    """padding if it is one of ``modes`` and, for "reflect", the kernel radius is below the image size."""
+    padding = one_of(padding, modes, "padding")
+    if padding == "reflect" and kernel_size // 2 >= min(height, width):
+        raise ValueError(
+            f"reflect padding needs kernel_size // 2 < image size, got kernel_size={kernel_size} for "
+            f"a {height}x{width} image: use a smaller kernel or padding='replicate'"
+        )
+    return padding
+
+
+def real_in(value: object, name: str, interval: str, why: str = "") -> float:
+    """value as a float inside ``interval``, written as in mathematics ("(0, 1]", "[1, inf)"), else
+    ValueError; ``why`` says where the bound comes from."""
+    number = real_number(value, name)
+    low_text, high_text = (v.strip() for v in interval[1:-1].split(","))
+    low, high = float(low_text), float(high_text)
+    above = number > low if interval[0] == "(" else number >= low
+    below = number < high if interval[-1] == ")" else number <= high
+    if not (above and below):
+        bound = f"be >= {low_text}" if high == math.inf and interval[0] == "[" else f"lie in {interval}"
+        raise ValueError(f"{name} must {bound}{f' ({why})' if why else ''}, got {number}")
+    return number
+
+
+def callable_arg(value: object, name: str, what: str) -> None:
+    """ValueError unless value is callable; ``what`` says how it is called ("a denoiser, a callable den(x_t, t)")."""
+    if not callable(value):
+        raise ValueError(f"{name} must be {what}, got {value!r:.80}")
+
+
+def torch_generator(generator: object) -> None:
+    """ValueError unless generator is None or a torch.Generator (a bare seed is a common slip)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), got {generator!r:.40}"
+        )
+
+
+def model_output(x_t: object, output: object) -> None:
+    """ValueError unless output fits x_t (B, C, ...): x_t's shape (eps or velocity) or 2C channels
+    (eps + IF's learned-range variance values), with x_t's batch and image size."""
+    batch_tensor(x_t, "x_t")
+    if x_t.ndim < 2 or not isinstance(output, torch.Tensor) or output.ndim != x_t.ndim:
+        raise ValueError(
+            f"x_t and model_output must both be (B, C, ...) tensors of the same rank, "
+            f"got shapes {tuple(x_t.shape)} and {tuple(getattr(output, 'shape', ()))}"
+        )
+    c = x_t.shape[1]
+    if output.shape[0] != x_t.shape[0] or output.shape[2:] != x_t.shape[2:] or output.shape[1] not in (c, 2 * c):
+        raise ValueError(
+            f"model_output must have x_t's shape {tuple(x_t.shape)} ({c} channels: eps or velocity) or "
+            f"{2 * c} channels (eps + learned-range variance), with x_t's batch and image size "
+            f"{tuple(x_t.shape[2:])}; got {tuple(output.shape)}"
+        )

@@ -33,17 +33,8 @@ from minidiff.data import sample_digits_real, sample_photo  # the lessons' test 
 from minidiff.schedule import DDPMSchedule, strided_timesteps
 
 __all__ = [
-    "LessonContext",
-    "PartA",
-    "part_a",
-    "IF_PROMPTS",
-    "I_STARTS",
-    "sdedit_levels",
-    "part_b_run",
-    "save_loss",
-    "save_epoch_rows",
-    "save_class_grid",
-    "judge_says",
+    "LessonContext", "PartA", "part_a", "IF_PROMPTS", "I_STARTS", "sdedit_levels", "part_b_run", "save_loss",
+    "save_epoch_rows", "save_class_grid", "judge_says",
 ]
 
 # The course's prompts, and the digit that stands in for each on the MNIST path.
@@ -192,22 +183,14 @@ class PartA:
 
     def uncond(self) -> torch.Tensor:
         """(1, ...) unconditional condition: the empty prompt "" (IF) or the zero class vector."""
-        if self.is_if:
-            return self.encode([""]).to(self.device)
-        return torch.zeros(1, 10, device=self.device)
+        return self.encode([""]).to(self.device) if self.is_if else torch.zeros(1, 10, device=self.device)
 
     def label(self, prompt: str, digit: int | None) -> str:
-        if self.is_if:
-            return prompt
-        return "any digit" if digit is None else f"digit {digit}"
+        return prompt if self.is_if else "any digit" if digit is None else f"digit {digit}"
 
     def conditional(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The plain conditional denoiser den(x_t, t) = model(x_t, t, cond), without guidance."""
-
-        def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.model(x_t, t, cond.expand(x_t.shape[0], *cond.shape[1:]))
-
-        return den
+        return lambda x_t, t: self.model(x_t, t, cond.expand(x_t.shape[0], *cond.shape[1:]))
 
     def test_image(self) -> torch.Tensor:
         """The lessons' clean image in this model's range: --image if given, else a photo (IF) or a real 7 (MNIST)."""

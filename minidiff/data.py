@@ -32,22 +32,8 @@ import torch
 from minidiff.checks import finite_tensor, integer, value_range as range_of
 
 __all__ = [
-    "MNIST_ENV",
-    "HELDOUT_START",
-    "read_idx",
-    "write_idx",
-    "find_mnist_dir",
-    "load_mnist",
-    "training_set",
-    "heldout_set",
-    "load_image",
-    "sample_photo",
-    "sample_digits_real",
-    "sketch",
-    "to_uint8",
-    "make_grid",
-    "save_grid",
-    "save_gif",
+    "MNIST_ENV", "HELDOUT_START", "read_idx", "find_mnist_dir", "load_mnist", "training_set",
+    "heldout_set", "load_image", "sample_photo", "sample_digits_real", "sketch", "to_uint8", "make_grid", "save_grid", "save_gif",
 ]
 
 MNIST_ENV = "MINIDIFF_MNIST_DIR"
@@ -55,7 +41,6 @@ HELDOUT_START = 8000  # t10k[:8000] is trained on, t10k[8000:] is held out
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
 
 # The names each split goes by, first match wins.
 _SPLIT_FILES = {
@@ -96,18 +81,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"but it holds {len(raw) - header} bytes; download it again"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8/int8 array as an IDX file (gzipped when the name ends in .gz)."""
-    array = np.ascontiguousarray(array)
-    if array.dtype not in _IDX_CODES:
-        raise ValueError(f"write_idx writes uint8 or int8 arrays, got {array.dtype}")
-    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())
 
 
 # ----------------------------------------------------------------------------------------
@@ -365,28 +338,17 @@ def _to_pil(images: torch.Tensor, nrow: int, value_range: tuple[float, float] | 
     return Image.fromarray(arr, mode="RGB")
 
 
-def save_grid(
-    images: torch.Tensor,
-    path: str | os.PathLike,
-    nrow: int = 8,
-    value_range: tuple[float, float] | None = None,
-    padding: int = 2,
-) -> Path:
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8,
+              value_range: tuple[float, float] | None = None, padding: int = 2) -> Path:
     """Save (B, C, H, W) images (C = 1 or 3) as one PNG grid. Returns the path."""
     _check_saveable(images, "images")
     value_range = _value_range(images, value_range)
     return _save(_to_pil(images, nrow, value_range, padding), _output_path(path))
 
 
-def save_gif(
-    frames: Sequence[torch.Tensor] | Iterable[torch.Tensor],
-    path: str | os.PathLike,
-    nrow: int = 8,
-    value_range: tuple[float, float] | None = None,
-    duration_ms: int = 80,
-    padding: int = 2,
-    hold_last_ms: int = 1000,
-) -> Path:
+def save_gif(frames: Sequence[torch.Tensor] | Iterable[torch.Tensor], path: str | os.PathLike, nrow: int = 8,
+             value_range: tuple[float, float] | None = None, duration_ms: int = 80, padding: int = 2,
+             hold_last_ms: int = 1000) -> Path:
     """Save a GIF: each frame is a (B, C, H, W) batch (tiled as a grid) or one (C, H, W) image.
 
     The last frame is held for ``hold_last_ms`` so the result can be seen before it loops.

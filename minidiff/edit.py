@@ -8,8 +8,8 @@
                     noised to the current time; resample_steps > 1 adds RePaint's resampling
 
 Every edit takes a denoiser den(x_t, t) (see minidiff.guidance for making one from a
-conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, runs the
-loop of minidiff.samplers, and returns the edited image, or (image, intermediates) with
+conditional model), a schedule (DDPMSchedule or FlowSchedule) and its timesteps, checks them
+once at its entry and returns the edited image, or (image, intermediates) with
 return_intermediates=True. Past the arguments every edit needs, options are keywords.
 Images are (B, C, H, W), in the model's range: the schedule's ``data_range`` ((-1, 1) for IF,
 (0, 1) for the MNIST models) or the ``value_range`` given. An image outside it (by more than
@@ -21,42 +21,25 @@ from __future__ import annotations
 import torch
 
 from minidiff.checks import integer, value_range as range_of
+from minidiff.checks_sampling import image_in_range, inpaint_mask as check_mask
 from minidiff.guidance import Model, cfg
 from minidiff.samplers import (
-    Callback,
-    Denoiser,
-    Result,
-    Timesteps,
-    check_loop_args,
-    iterative_denoise,
-    run_denoiser,
-    sample_loop,
+    Callback, Denoiser, Loop, Result, Timesteps, check_loop_args, iterative_denoise, run_denoiser,
 )
 from minidiff.schedule import Schedule
 
 __all__ = ["sdedit", "image_to_image", "inpaint", "check_mask"]
 
 
-def _check_value_range(image: torch.Tensor, schedule: Schedule, value_range: tuple[float, float] | None,
-                       check_range: bool, keep: torch.Tensor | None = None) -> None:
-    """ValueError when the image's values (where keep != 0, with a mask) lie outside value_range,
-    by default the schedule's data_range; nothing is checked with check_range=False."""
-    if not check_range:
-        return
-    given = value_range is not None
-    low, high = range_of(value_range if given else schedule.data_range, "value_range")
-    pixels = image if keep is None else image[(keep != 0).expand_as(image)]
-    if pixels.numel() == 0:
-        return
-    slack = 0.05 * (high - low)  # a resize may overshoot a little (bicubic rings by a few percent)
-    got_low, got_high = float(pixels.min()), float(pixels.max())
-    if got_low < low - slack or got_high > high + slack:
-        whose = "the value_range given" if given else f"{type(schedule).__name__}.data_range"
-        raise ValueError(
-            f"image values must lie in {whose} [{low}, {high}], got [{got_low:.3g}, {got_high:.3g}]; "
-            "load_image gives [-1, 1] (IF), MNIST digits are [0, 1]: rescale the image first "
-            "(or pass check_range=False to edit it as it is)"
-        )
+def _check_image(image: torch.Tensor, schedule: Schedule, value_range: tuple[float, float] | None,
+                 check_range: bool, keep: torch.Tensor | None = None) -> None:
+    """The edits' range check: the image's values (where keep != 0, with a mask) must lie in
+    value_range, by default the schedule's data_range; nothing is checked with check_range=False."""
+    if check_range:
+        given = value_range is not None
+        low, high = range_of(value_range if given else schedule.data_range, "value_range")
+        pixels = image if keep is None else image[(keep != 0).expand_as(image)]
+        image_in_range(pixels, low, high, "the value_range given" if given else f"{type(schedule).__name__}.data_range")
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -79,8 +62,8 @@ def sdedit(
     The image must lie in value_range, by default the schedule's data_range (module docstring).
     """
     ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
-    _check_value_range(image, schedule, value_range, check_range)
-    x_t = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
+    _check_image(image, schedule, value_range, check_range)
+    x_t = schedule._add_noise(image, _noise_like(image, generator), ts[i_start])
     return iterative_denoise(den, x_t, schedule, ts, i_start, generator, callback, progress, return_intermediates)
 
 
@@ -102,33 +85,6 @@ def image_to_image(
     progress, return_intermediates, value_range, check_range). With IF, cond is the embedding of the new prompt.
     """
     return sdedit(cfg(model, cond, uncond, scale), image, schedule, timesteps, i_start, generator, **kwargs)
-
-
-def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Validate an inpainting mask and return it as a (1 or B, 1 or C, H, W) tensor in image's dtype.
-
-    Accepted: (H, W), or 4-D with the image's H and W and batch and channel sizes 1 or the
-    image's. Bool masks are fine; float masks must hold only 0 and 1.
-    """
-    if not isinstance(mask, torch.Tensor) or mask.is_complex():
-        raise ValueError(f"mask must be a tensor of 0s and 1s, got {getattr(mask, 'dtype', type(mask).__name__)}")
-    if mask.ndim == 2:
-        mask = mask[None, None]
-    if mask.ndim != 4:
-        raise ValueError(
-            f"mask must be (H, W) or (B, C, H, W) with B and C equal to 1 or the image's, got shape {tuple(mask.shape)}"
-        )
-    b, c, h, w = image.shape
-    if mask.shape[-2:] != (h, w) or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, c):
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not fit image of shape {tuple(image.shape)}: "
-            f"its H x W must be {h} x {w} and its batch and channel sizes 1 or the image's; "
-            f"e.g. mask = torch.zeros({h}, {w}) with 1 where to regenerate"
-        )
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
-        bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
-        raise ValueError(f"mask values must be 0 (keep) or 1 (regenerate), found e.g. {bad}: threshold it first")
-    return mask.to(device=image.device, dtype=image.dtype)
 
 
 @torch.no_grad()
@@ -158,21 +114,24 @@ def inpaint(
     """
     ts = check_loop_args(den, image, schedule, timesteps, i_start, generator, callback, "image")
     m = check_mask(mask, image)
-    _check_value_range(image, schedule, value_range, check_range, keep=1 - m)
+    _check_image(image, schedule, value_range, check_range, keep=1 - m)
     resample_steps = integer(resample_steps, "resample_steps", minimum=1)
 
-    def paste(x: torch.Tensor, t_prev: float) -> torch.Tensor:
-        """The known pixels of the image at t_prev (the image itself at the end) into x."""
-        known = image if t_prev == ts[-1] else schedule.add_noise(image, _noise_like(image, generator), t_prev)
-        return m * x + (1 - m) * known
+    def step_and_paste(x_t: torch.Tensor, model_output: torch.Tensor, t: float, t_prev: float) -> torch.Tensor:
+        """x_{t'} = m * step(x_t) + (1 - m) * add_noise(image, eps', t') (the image itself at the end)."""
+        x_prev = schedule._step(x_t, model_output, t, t_prev, generator=generator)
+        known = image if t_prev == ts[-1] else schedule._add_noise(image, _noise_like(image, generator), t_prev)
+        return m * x_prev + (1 - m) * known
 
-    def update(x_t: torch.Tensor, model_output: torch.Tensor, t: float, t_prev: float) -> torch.Tensor:
-        x_prev = paste(schedule.step(x_t, model_output, t, t_prev, generator=generator), t_prev)
+    x = schedule._add_noise(image, _noise_like(image, generator), ts[i_start])
+    loop = Loop(x, ts, i_start, progress, return_intermediates, "inpainting")
+    for i, t, t_prev in loop:
+        model_output = run_denoiser(den, x, schedule, t)
+        if callback is not None:
+            callback(i, t, x, schedule._predict_data(x, model_output, t))
+        x_prev = step_and_paste(x, model_output, t, t_prev)
         for _ in range(resample_steps - 1 if t_prev != ts[-1] else 0):  # RePaint: jump back to t, step again
-            x_t = schedule.renoise(x_prev, t, t_prev, generator=generator)
-            model_output = run_denoiser(den, x_t, schedule, t)
-            x_prev = paste(schedule.step(x_t, model_output, t, t_prev, generator=generator), t_prev)
-        return x_prev
-
-    x = schedule.add_noise(image, _noise_like(image, generator), ts[i_start])
-    return sample_loop(den, x, schedule, ts, i_start, update, callback, progress, return_intermediates, "inpainting")
+            x_t = schedule._renoise(x_prev, t, t_prev, generator=generator)
+            x_prev = step_and_paste(x_t, run_denoiser(den, x_t, schedule, t), t, t_prev)
+        x = loop.keep(x_prev)
+    return loop.result(x)

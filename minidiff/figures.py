@@ -82,12 +82,7 @@ def rows_figure(
                 ax.set_title(titles[r][c], fontsize=8)
             if row_labels is not None and c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=8)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, suptitle)
 
 
 def grid_figure(
@@ -133,12 +128,7 @@ def grid_figure(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, suptitle)
 
 
 def sampling_gif(
@@ -160,3 +150,15 @@ def sampling_gif(
     frames = [torch.nn.functional.interpolate(states[i].detach().float().cpu(), scale_factor=scale, mode="nearest")
               for i in keep]
     return save_gif(frames, path, nrow=nrow, value_range=value_range, duration_ms=max(80, 2000 // len(frames)))
+
+
+def _save(fig, path: str | os.PathLike, suptitle: str | None) -> Path:
+    """Title, lay out, write and close a figure; the path written."""
+    import matplotlib.pyplot as plt
+
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -16,58 +16,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minidiff.checks import image_batch, integer, real_number
+from minidiff.checks import blur_padding, gaussian_kernel_args, image_batch
 
-__all__ = ["check_kernel", "gaussian_kernel1d", "gaussian_kernel", "gaussian_blur", "low_pass", "high_pass"]
+__all__ = ["gaussian_kernel1d", "gaussian_blur", "low_pass", "high_pass"]
 
 _PADDING = {"reflect": "reflect", "replicate": "replicate", "zeros": "constant", "circular": "circular"}
 
 
-def check_kernel(kernel_size: int, sigma: float, sigma_name: str = "sigma") -> tuple[int, float]:
-    """(kernel_size, sigma) checked: a positive odd int (the kernel is centred) and a finite sigma > 0."""
-    kernel_size = integer(kernel_size, "kernel_size")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int (the kernel is centred), got {kernel_size!r}")
-    return kernel_size, real_number(sigma, sigma_name, positive=True)
-
-
 def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The normalised 1-D Gaussian g_i ~ exp(-i^2 / (2 sigma^2)), i = -k//2 .. k//2. Shape (k,)."""
-    kernel_size, sigma = check_kernel(kernel_size, sigma)
+    """The normalised 1-D Gaussian g_i ~ exp(-i^2 / (2 sigma^2)), i = -k//2 .. k//2. Shape (k,).
+
+    The 2-D Gaussian G_sigma is its outer product g g^T, which is why a blur is two 1-D passes.
+    kernel_size must be a positive odd int (the kernel is centred), sigma finite and > 0.
+    """
+    kernel_size, sigma = gaussian_kernel_args(kernel_size, sigma)
     i = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
     g = torch.exp(-(i**2) / (2 * sigma**2))
     return (g / g.sum()).to(dtype)
 
 
-def gaussian_kernel(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The 2-D Gaussian as the outer product of two 1-D ones; sums to 1. Shape (k, k)."""
-    g = gaussian_kernel1d(kernel_size, sigma, torch.float64)
-    return torch.outer(g, g).to(dtype)
-
-
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0, padding: str = "reflect") -> torch.Tensor:
-    """Blur each channel of x (B, C, H, W) with a Gaussian, as two 1-D passes.
+    """Blur each channel of x (B, C, H, W) with a Gaussian: G_sigma * x = g^T * (g * x), two 1-D passes.
 
     Linear in x, and it keeps a constant image constant (the kernel sums to 1).
     ``reflect`` padding needs the kernel radius to be smaller than H and W; ``zeros``
     darkens the border, which is why it is not the default.
     """
-    kernel_size, sigma = check_kernel(kernel_size, sigma)
-    image_batch(x, "x")
-    if not isinstance(padding, str) or padding not in _PADDING:
-        raise ValueError(f"padding must be one of {sorted(_PADDING)}, got {padding!r}")
-    r = kernel_size // 2
-    h, w = x.shape[-2:]
-    if padding == "reflect" and (r >= h or r >= w):
-        raise ValueError(
-            f"reflect padding needs kernel_size // 2 < image size, got kernel_size={kernel_size} for "
-            f"a {h}x{w} image: use a smaller kernel or padding='replicate'"
-        )
-    b, c = x.shape[:2]
+    b, c, h, w = image_batch(x, "x").shape
     work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     g = gaussian_kernel1d(kernel_size, sigma, work).to(x.device)
+    r = len(g) // 2
+    mode = _PADDING[blur_padding(padding, _PADDING, len(g), h, w)]
     y = x.to(work).reshape(b * c, 1, h, w)
-    mode = _PADDING[padding]
     y = F.pad(y, (r, r, r, r), mode=mode) if mode != "constant" else F.pad(y, (r, r, r, r))
     y = F.conv2d(y, g.view(1, 1, 1, -1))  # along W
     y = F.conv2d(y, g.view(1, 1, -1, 1))  # along H

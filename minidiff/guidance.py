@@ -15,7 +15,8 @@ linear combination of model outputs. For IF-style outputs with 2C channels (eps 
 learned-range variance values) the guidance rule applies to the eps half only; each
 function's docstring says where its variance half comes from.
 
-cond and uncond may have batch 1 (one prompt for the whole batch) or B.
+cond and uncond may have batch 1 (one prompt for the whole batch) or B. Each rule checks its
+arguments once, when it is built (minidiff.checks); its denoiser is the rule's equation.
 """
 
 from __future__ import annotations
@@ -24,130 +25,38 @@ from typing import Callable, Sequence
 
 import torch
 
-from minidiff.checks import image_batch, real_number
-from minidiff.filters import check_kernel, high_pass, low_pass
+from minidiff.checks import (
+    batched_condition, gaussian_kernel_args, guidance_rule, image_batch, invertible_view, model_output, pairs,
+    sigma_list, time_interval,
+)
+from minidiff.filters import high_pass, low_pass
 from minidiff.schedule import split_output
 from minidiff.views import View, get_view
 
-__all__ = ["Model", "cfg", "guided_outputs", "anagram", "factorized", "hybrid", "hybrid_bands", "frequency_bands"]
+__all__ = ["Model", "cfg", "anagram", "factorized", "hybrid", "hybrid_bands", "frequency_bands"]
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Output = tuple[torch.Tensor, "torch.Tensor | None"]  # (eps or velocity, learned-range variance values or None)
 
 
-# ----------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------
+def _model_outputs(model: Model, x_t: torch.Tensor, t: torch.Tensor, conds: dict[str, torch.Tensor]) -> list[Output]:
+    """The model's outputs for x_t under each condition, from one batched call.
 
-
-def _check_cond(cond: torch.Tensor, name: str) -> None:
-    if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
-        raise ValueError(
-            f"{name} must be a tensor whose first dimension is the batch, such as prompt embeddings "
-            f"(B, 77, D) or class vectors (B, K), got {cond!r:.80}"
-        )
-
-
-def _check_rule(model: Model, named_conds: Sequence[tuple[str, torch.Tensor]], scale: float) -> float:
-    """What every guidance rule checks once, when it is built; returns scale as a float.
-
-    The model must be callable, every condition a tensor with a batch dimension, all of
-    them the same shape apart from the batch, and the scale a finite number (a NaN or inf
-    scale turns every pixel into NaN, which would be saved as a black image).
+    The batch is cat([x_t] * K) with conditions cat([cond_1, ..., cond_K]) (each expanded to
+    x_t's batch); returns [(pred_k, variance values of output k or None)] in the order of conds.
     """
-    if not callable(model):
-        raise ValueError(f"model must be callable as model(x_t, t, cond), got {model!r:.80}")
-    for name, cond in named_conds:
-        _check_cond(cond, name)
-    if len({tuple(c.shape[1:]) for _, c in named_conds}) > 1:
-        shapes = ", ".join(f"{name} {tuple(c.shape)}" for name, c in named_conds)
-        raise ValueError(f"cond and uncond must have the same shape apart from the batch, got {shapes}")
-    return real_number(scale, "scale")
-
-
-def _expand_cond(cond: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-    """cond with batch 1 or B, returned with batch B."""
-    _check_cond(cond, name)
-    if cond.shape[0] == batch:
-        return cond
-    if cond.shape[0] == 1:
-        return cond.expand(batch, *cond.shape[1:])
-    raise ValueError(f"{name} has batch {cond.shape[0]} but x_t has batch {batch}: give 1 or {batch} conditions")
+    batch = image_batch(x_t, "x_t").shape[0]
+    rows = [batched_condition(cond, batch, name) for name, cond in conds.items()]
+    t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
+    outputs = model(torch.cat([x_t] * len(rows)), torch.cat([t] * len(rows)), torch.cat(rows)).chunk(len(rows))
+    for output in outputs:
+        model_output(x_t, output)  # a model of the wrong shape is named here, not deep inside a step
+    return [split_output(x_t, output) for output in outputs]
 
 
 def _join(pred: torch.Tensor, var: torch.Tensor | None) -> torch.Tensor:
     return pred if var is None else torch.cat([pred, var], dim=1)
-
-
-def guided_outputs(
-    model: Model, x_t: torch.Tensor, t: torch.Tensor, conds: Sequence[torch.Tensor], uncond: torch.Tensor, scale: float
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """CFG predictions for several conditions on the same x_t, in one batched model call.
-
-    Builds the batch [x_t] * K + [x_t] with conditions [cond_1, ..., cond_K, uncond] (each
-    expanded to batch B), calls the model once, and returns for every k the pair
-    (eps_u + scale (eps_k - eps_u), variance values of the k-th conditional output or None).
-    """
-    image_batch(x_t, "x_t")
-    batch = x_t.shape[0]
-    all_conds = [_expand_cond(c, batch, f"cond[{k}]") for k, c in enumerate(conds)]
-    all_conds.append(_expand_cond(uncond, batch, "uncond"))
-    if len({c.shape[1:] for c in all_conds}) != 1:
-        raise ValueError(
-            f"cond and uncond must have the same shape apart from the batch, got {[tuple(c.shape) for c in all_conds]}"
-        )
-    n = len(all_conds)
-    t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
-    out = model(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(all_conds))
-    if not isinstance(out, torch.Tensor) or out.shape[0] != n * batch:
-        got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"the model must return a (B, ...) tensor for a batch of {n * batch}, got {got}")
-    chunks = [split_output(x_t, o) for o in out.chunk(n)]
-    pred_u, _ = chunks[-1]
-    return [(pred_u + scale * (pred_c - pred_u), var_c) for pred_c, var_c in chunks[:-1]]
-
-
-# ----------------------------------------------------------------------------------------
-# Classifier-free guidance
-# ----------------------------------------------------------------------------------------
-
-
-def cfg(
-    model: Model, cond: torch.Tensor, uncond: torch.Tensor, scale: float, *, interval: tuple[float, float] | None = None
-) -> Denoiser:
-    """Classifier-free guidance (Ho & Salimans, 2022; course 1.6):
-
-        eps = eps_u + scale (eps_c - eps_u)
-
-    eps_c = model(x_t, t, cond) and eps_u = model(x_t, t, uncond) come from one model call on
-    the batch cat([x_t, x_t]) with conditions cat([cond, uncond]). scale = 1 is the plain
-    conditional model, 0 the unconditional one, > 1 (IF: 7) trades diversity for fidelity.
-    For 2C outputs the variance half is the conditional branch's, as in diffusers' IF pipeline.
-
-    interval (t_lo, t_hi): guidance in a limited interval (Kynkaenniemi et al., 2024). Only
-    steps at times t_lo <= t <= t_hi, in the schedule's own time (a DDPM step, or the flow
-    time), are guided; the others call the conditional model alone (eps = eps_c, a call of
-    batch B). Guidance at the noisiest steps pulls every sample of a class towards one
-    prototype, and at the cleanest it barely changes anything, so guiding only in between
-    keeps what guidance buys (the asked class) with less loss of variety.
-    """
-    scale = _check_rule(model, [("cond", cond), ("uncond", uncond)], scale)
-    if interval is not None:
-        if not isinstance(interval, (tuple, list)) or len(interval) != 2:
-            raise ValueError(f"interval must be a pair (t_lo, t_hi), got {interval!r:.80}")
-        t_lo, t_hi = (real_number(v, "interval") for v in interval)
-        if t_lo > t_hi:
-            raise ValueError(f"interval (t_lo, t_hi) needs t_lo <= t_hi, got {interval!r}")
-
-    def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if interval is not None and not t_lo <= _time_of(t) <= t_hi:
-            image_batch(x_t, "x_t")
-            t_b = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-            return model(x_t, t_b, _expand_cond(cond, x_t.shape[0], "cond"))
-        ((pred, var),) = guided_outputs(model, x_t, t, [cond], uncond, scale)
-        return _join(pred, var)
-
-    return den
 
 
 def _time_of(t: torch.Tensor | float) -> float:
@@ -156,24 +65,57 @@ def _time_of(t: torch.Tensor | float) -> float:
 
 
 # ----------------------------------------------------------------------------------------
+# Classifier-free guidance
+# ----------------------------------------------------------------------------------------
+
+
+def cfg(
+    model: Model, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, *,
+    interval: tuple[float, float] | None = None,
+) -> Denoiser:
+    """Classifier-free guidance (Ho & Salimans, 2022; course 1.6):
+
+        eps = eps_u + guidance_scale (eps_c - eps_u)
+
+    eps_c = model(x_t, t, cond) and eps_u = model(x_t, t, uncond) come from one model call on
+    the batch cat([x_t, x_t]) with conditions cat([cond, uncond]). guidance_scale = 1 is the
+    plain conditional model, 0 the unconditional one, > 1 (IF: 7) trades diversity for
+    fidelity. For 2C outputs the variance half is the conditional branch's, as in diffusers'
+    IF pipeline.
+
+    interval (t_lo, t_hi): guidance in a limited interval (Kynkaenniemi et al., 2024). Only
+    steps at times t_lo <= t <= t_hi, in the schedule's own time (a DDPM step, or the flow
+    time), are guided; the others call the conditional model alone (eps = eps_c, a call of
+    batch B). Guidance at the noisiest steps pulls every sample of a class towards one
+    prototype, and at the cleanest it barely changes anything, so guiding only in between
+    keeps what guidance buys (the asked class) with less loss of variety.
+    """
+    guidance_scale = guidance_rule(model, {"cond": cond, "uncond": uncond}, guidance_scale)
+    t_lo, t_hi = time_interval(interval) if interval is not None else (None, None)
+
+    def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if interval is not None and not t_lo <= _time_of(t) <= t_hi:  # outside the interval: eps = eps_c
+            ((eps_c, var_c),) = _model_outputs(model, x_t, t, {"cond": cond})
+            return _join(eps_c, var_c)
+        (eps_c, var_c), (eps_u, _) = _model_outputs(model, x_t, t, {"cond": cond, "uncond": uncond})
+        return _join(eps_u + guidance_scale * (eps_c - eps_u), var_c)
+
+    return den
+
+
+# ----------------------------------------------------------------------------------------
 # Visual anagrams
 # ----------------------------------------------------------------------------------------
 
 
-def _as_view(view: View | str) -> View:
-    if isinstance(view, str):
-        return get_view(view)
-    if not (callable(getattr(view, "view", None)) and callable(getattr(view, "inverse", None))):
-        raise ValueError(f"expected a View (with .view and .inverse) or a view name, got {view!r}")
-    return view
-
-
 def anagram(
-    model: Model, views_and_conds: Sequence[tuple[View | str, torch.Tensor]], uncond: torch.Tensor, scale: float
+    model: Model, views_and_conds: Sequence[tuple[View | str, torch.Tensor]], uncond: torch.Tensor,
+    guidance_scale: float,
 ) -> Denoiser:
     """Visual anagrams (Geng et al., 2024; course 1.8): one image, one prompt per view.
 
-        eps = (1/N) sum_k  V_k^{-1}( CFG_k( V_k(x_t) ) )
+        eps_k = eps_u(V_k x_t) + guidance_scale (eps(V_k x_t, prompt k) - eps_u(V_k x_t))
+        eps   = (1/N) sum_k  V_k^{-1}( eps_k )
 
     Each view V_k (a View or a name for ``get_view``, e.g. "identity" and "flip") is applied
     to x_t, the model is guided with prompt k on the viewed image, and the prediction is
@@ -185,33 +127,25 @@ def anagram(
     they move with the pixels but never change sign; the views of minidiff.views are signed
     permutations S, for which |S^{-1}| v = S^{-1}(v) * S^{-1}(1) removes any sign (negate).
     """
-    pairs = list(views_and_conds)
-    if not pairs:
-        raise ValueError("anagram needs at least one (view, condition) pair, got an empty list")
-    for k, pair in enumerate(pairs):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"views_and_conds[{k}] must be a (view, condition) pair, got {pair!r:.80}")
-    views = [_as_view(v) for v, _ in pairs]
-    conds = [c for _, c in pairs]
-    named = [(f"views_and_conds[{k}] condition", c) for k, c in enumerate(conds)]
-    scale = _check_rule(model, named + [("uncond", uncond)], scale)
+    checked = pairs(views_and_conds, "views_and_conds", "anagram", "view")
+    views = [get_view(v) if isinstance(v, str) else invertible_view(v) for v, _ in checked]
+    conds = {f"views_and_conds[{k}] condition": c for k, (_, c) in enumerate(checked)}
+    guidance_scale = guidance_rule(model, {**conds, "uncond": uncond}, guidance_scale)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        image_batch(x_t, "x_t")
-        batch = x_t.shape[0]
-        # Stack the N viewed copies into one batch of N*B, each with its own condition,
-        # so that one model call (of batch 2NB, with the unconditional passes) serves all.
+        batch, n = image_batch(x_t, "x_t").shape[0], len(views)
+        # The N viewed copies as one batch of N*B, each with its own prompt: one model call serves all.
         viewed = torch.cat([v.view(x_t) for v in views])
-        stacked_cond = torch.cat([_expand_cond(c, batch, f"condition of view {k}") for k, c in enumerate(conds)])
-        t_all = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch).repeat(len(views))
-        ((pred, var),) = guided_outputs(model, viewed, t_all, [stacked_cond], uncond, scale)
-        preds = [v.inverse(p) for v, p in zip(views, pred.chunk(len(views)))]
-        mean_pred = torch.stack(preds).mean(0)
-        if var is None:
-            return mean_pred
+        cond = torch.cat([batched_condition(c, batch, name) for name, c in conds.items()])
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch).repeat(n)
+        (eps_c, var_c), (eps_u, _) = _model_outputs(model, viewed, t, {"cond": cond, "uncond": uncond})
+        eps_k = (eps_u + guidance_scale * (eps_c - eps_u)).chunk(n)
+        eps = torch.stack([v.inverse(e) for v, e in zip(views, eps_k)]).mean(0)
+        if var_c is None:
+            return eps
         ones = torch.ones_like(x_t)
-        vars_back = [v.inverse(q) * v.inverse(ones) for v, q in zip(views, var.chunk(len(views)))]
-        return _join(mean_pred, torch.stack(vars_back).mean(0))
+        var = torch.stack([v.inverse(q) * v.inverse(ones) for v, q in zip(views, var_c.chunk(n))]).mean(0)
+        return _join(eps, var)
 
     return den
 
@@ -221,62 +155,67 @@ def anagram(
 # ----------------------------------------------------------------------------------------
 
 
+def hybrid(
+    model: Model,
+    cond_low: torch.Tensor,
+    cond_high: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    kernel_size: int = 33,
+    sigma: float = 2.0,
+) -> Denoiser:
+    """Hybrid images (course 1.9; factorized diffusion with two frequency bands):
+
+        eps_low  = eps_u + guidance_scale (eps(x_t, cond_low)  - eps_u)
+        eps_high = eps_u + guidance_scale (eps(x_t, cond_high) - eps_u)
+        eps      = low_pass(eps_low) + high_pass(eps_high)
+
+    cond_low is what you see from afar, cond_high what you see up close; the filters are the
+    Gaussian of minidiff.filters (kernel 33, sigma 2 as in the course). Since
+    low_pass(e) + high_pass(e) == e, the result is the plain CFG prediction whenever both
+    prompts agree. One model call of batch 3B. Variance half: mean of the two.
+    """
+    kernel_size, sigma = gaussian_kernel_args(kernel_size, sigma)
+    conds = {"cond_low": cond_low, "cond_high": cond_high, "uncond": uncond}
+    guidance_scale = guidance_rule(model, conds, guidance_scale)
+
+    def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        (eps_low, var_low), (eps_high, var_high), (eps_u, _) = _model_outputs(model, x_t, t, conds)
+        eps_low = eps_u + guidance_scale * (eps_low - eps_u)
+        eps_high = eps_u + guidance_scale * (eps_high - eps_u)
+        eps = low_pass(eps_low, kernel_size, sigma) + high_pass(eps_high, kernel_size, sigma)
+        return _join(eps, None if var_low is None else (var_low + var_high) / 2)
+
+    return den
+
+
 def factorized(
     model: Model,
     components_and_conds: Sequence[tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]],
     uncond: torch.Tensor,
-    scale: float,
+    guidance_scale: float,
 ) -> Denoiser:
-    """Factorized diffusion (Geng et al., 2024): eps = sum_k f_k( CFG_k(x_t) ).
+    """Factorized diffusion (Geng et al., 2024), K prompts:
+
+        eps = sum_k f_k( eps_u + guidance_scale (eps(x_t, cond_k) - eps_u) )
 
     Each f_k is a linear image filter and together they should split an image into parts,
     sum_k f_k(x) = x (low/high frequencies, colour/greyscale, ...), so that each prompt
     controls its own part. All K prompts share one model call of batch (K + 1) B.
     The 2C variance half is the mean of the K conditional variance values.
     """
-    pairs = list(components_and_conds)
-    if not pairs:
-        raise ValueError("factorized needs at least one (filter, condition) pair, got an empty list")
-    for k, pair in enumerate(pairs):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not callable(pair[0]):
-            raise ValueError(f"components_and_conds[{k}] must be a (filter function, condition) pair, got {pair!r:.80}")
-    filters = [f for f, _ in pairs]
-    conds = [c for _, c in pairs]
-    named = [(f"components_and_conds[{k}] condition", c) for k, c in enumerate(conds)]
-    scale = _check_rule(model, named + [("uncond", uncond)], scale)
+    checked = pairs(components_and_conds, "components_and_conds", "factorized", "filter function", True)
+    filters = [f for f, _ in checked]
+    conds = {f"components_and_conds[{k}] condition": c for k, (_, c) in enumerate(checked)}
+    guidance_scale = guidance_rule(model, {**conds, "uncond": uncond}, guidance_scale)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        guided = guided_outputs(model, x_t, t, conds, uncond, scale)
-        pred = sum(f(p) for f, (p, _) in zip(filters, guided))
-        variances = [v for _, v in guided]
-        var = None if variances[0] is None else torch.stack(variances).mean(0)
-        return _join(pred, var)
+        *outputs, (eps_u, _) = _model_outputs(model, x_t, t, {**conds, "uncond": uncond})
+        eps = sum(f(eps_u + guidance_scale * (eps_k - eps_u)) for f, (eps_k, _) in zip(filters, outputs))
+        variances = [var for _, var in outputs]
+        return _join(eps, None if variances[0] is None else torch.stack(variances).mean(0))
 
     return den
-
-
-def hybrid(
-    model: Model,
-    cond_low: torch.Tensor,
-    cond_high: torch.Tensor,
-    uncond: torch.Tensor,
-    scale: float,
-    kernel_size: int = 33,
-    sigma: float = 2.0,
-) -> Denoiser:
-    """Hybrid images (course 1.9; factorized diffusion with two frequency bands):
-
-        eps = low_pass(eps_low) + high_pass(eps_high)
-
-    eps_low is guided by cond_low (what you see from afar), eps_high by cond_high (what you
-    see up close); the filters are the Gaussian of minidiff.filters (kernel 33, sigma 2 as
-    in the course). Since low_pass(e) + high_pass(e) == e, the result is the plain CFG
-    prediction whenever both prompts agree. Variance half: mean of the two.
-    """
-    kernel_size, sigma = check_kernel(kernel_size, sigma)
-    lp = lambda e: low_pass(e, kernel_size, sigma)  # noqa: E731
-    hp = lambda e: high_pass(e, kernel_size, sigma)  # noqa: E731
-    return factorized(model, [(lp, cond_low), (hp, cond_high)], uncond, scale)
 
 
 def frequency_bands(x: torch.Tensor, sigmas: Sequence[float], kernel_size: int = 33) -> list[torch.Tensor]:
@@ -286,7 +225,7 @@ def frequency_bands(x: torch.Tensor, sigmas: Sequence[float], kernel_size: int =
         band_1 = L_1 x,   band_k = L_k x - L_{k-1} x,   band_N = x - L_{N-1} x
     The sum telescopes, so sum(bands) == x up to rounding.
     """
-    sigmas = _check_sigmas(sigmas, kernel_size)
+    sigmas = sigma_list(sigmas, kernel_size)
     blurs = [low_pass(x, kernel_size, s) for s in sigmas]
     bands = [blurs[0]] if blurs else []
     bands += [fine - coarse for coarse, fine in zip(blurs, blurs[1:])]
@@ -294,21 +233,11 @@ def frequency_bands(x: torch.Tensor, sigmas: Sequence[float], kernel_size: int =
     return bands
 
 
-def _check_sigmas(sigmas: Sequence[float], kernel_size: int) -> list[float]:
-    """sigmas as floats: each finite and > 0, strictly decreasing; kernel_size a positive odd int."""
-    if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, (Sequence, torch.Tensor)):
-        raise ValueError(f"sigmas must be a list of numbers, got {sigmas!r:.60}")
-    sigmas = [check_kernel(kernel_size, s, f"sigmas[{k}]")[1] for k, s in enumerate(sigmas)]
-    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must decrease strictly (coarsest band first), got {sigmas}")
-    return sigmas
-
-
 def hybrid_bands(
     model: Model,
     conds: Sequence[torch.Tensor],
     uncond: torch.Tensor,
-    scale: float,
+    guidance_scale: float,
     sigmas: Sequence[float],
     kernel_size: int = 33,
 ) -> Denoiser:
@@ -316,11 +245,9 @@ def hybrid_bands(
     (coarsest first; len(sigmas) == N - 1). With N = 2 and sigmas = [sigma] it is ``hybrid``.
     """
     conds = list(conds)
-    sigmas = _check_sigmas(sigmas, kernel_size)
-    if len(conds) != len(sigmas) + 1:
-        raise ValueError(f"N prompts need N - 1 sigmas: got {len(conds)} prompts and {len(sigmas)} sigmas")
+    sigmas = sigma_list(sigmas, kernel_size, bands=len(conds))
 
     def band(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda e: frequency_bands(e, sigmas, kernel_size)[k]
 
-    return factorized(model, [(band(k), c) for k, c in enumerate(conds)], uncond, scale)
+    return factorized(model, [(band(k), c) for k, c in enumerate(conds)], uncond, guidance_scale)

@@ -16,9 +16,7 @@ Only what sampling needs is downloaded:
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 __all__ = [
@@ -26,7 +24,6 @@ __all__ = [
     "HubAccessError",
     "download_unet",
     "download_t5",
-    "cli_fetch",
     "find_if_unet",
 ]
 
@@ -137,29 +134,6 @@ def download_t5(repo_id: str = T5_REPO, cache_dir: str | os.PathLike | None = No
     if not (root / "tokenizer").is_dir() or not (root / "text_encoder" / "config.json").is_file():
         raise HubAccessError(f"{repo_id} has no text_encoder/ and tokenizer/ folders; use {T5_REPO}")
     return root
-
-
-def cli_fetch(args: argparse.Namespace) -> int:
-    """`minidiff fetch NAME [--t5] [--cache-dir DIR]`."""
-    name = args.name.lower()
-    if name != "t5" and name not in REPOS and name.count("/") != 1:
-        raise ValueError(f"unknown model {args.name!r}; choose one of {', '.join(REPOS)} or t5")
-    if args.cache_dir is not None:
-        from minidiff.paths import output_dir
-
-        output_dir(args.cache_dir, what="--cache-dir")  # a file or a read-only folder, named before the download
-    if not sys.stderr.isatty():  # progress bars on a terminal only, as minidiff's own (tqdm's disable=None)
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    if name != "t5":
-        repo = REPOS.get(name, args.name)
-        print(f"fetching the stage-{STAGE_OF.get(name, 1)} UNet of {repo} (config + fp16 weights) ...")
-        print(f"UNet ready: {download_unet(repo, args.cache_dir)}")
-    if name == "t5" or getattr(args, "t5", False):
-        print(f"fetching the T5-XXL encoder and tokenizer of {T5_REPO} (fp16, about 9.5 GB) ...")
-        print(f"T5 ready: {download_t5(T5_REPO, args.cache_dir)}")
-    return 0
 
 
 def find_if_unet(stage: int = 1) -> Path | None:

@@ -2,8 +2,8 @@
 
 A lesson script is named after its step, ``a1_7_2_inpainting.py`` is lesson A1.7.2, and
 defines ``run(ctx: LessonContext)`` (see ``minidiff.course``). This module finds the
-scripts, lists them and runs them; ``minidiff lessons`` and ``minidiff lesson <id>`` are
-its command line.
+scripts, lists them and runs them; their command lines, ``minidiff lessons``, ``minidiff
+lesson <id>`` and ``python lessons/<script>.py``, are in ``minidiff.cli``.
 
 Some options mean something to some lessons only: ``--image`` to those that start from a
 picture, ``--guidance`` to those that guide, ``--train`` to the Part B lessons that show a
@@ -19,14 +19,14 @@ import importlib.util
 import math
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from minidiff.paths import lessons_dir
 
-__all__ = ["LessonInfo", "lessons_dir", "list_lessons", "find_lesson", "load_lesson", "check_options", "run_lesson", "main"]
+__all__ = ["LessonInfo", "FLAGS", "lessons_dir", "lesson_info", "list_lessons", "find_lesson", "load_lesson", "check_options",
+           "run_lesson"]
 
 _NAME = re.compile(r"^([ab])((?:_?\d+)+)_([a-z0-9_]+)\.py$")
 
@@ -67,9 +67,9 @@ def _options(path: Path, lesson_id: str) -> frozenset[str]:
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OPTIONS" for t in node.targets):
             options |= set(ast.literal_eval(node.value))
-    unknown = options - set(_FLAGS)
+    unknown = options - set(FLAGS)
     if unknown:
-        raise RuntimeError(f"{path}: OPTIONS names {sorted(unknown)}; a lesson may read {sorted(_FLAGS)}")
+        raise RuntimeError(f"{path}: OPTIONS names {sorted(unknown)}; a lesson may read {sorted(FLAGS)}")
     return frozenset(options)
 
 
@@ -116,7 +116,7 @@ def load_lesson(info: LessonInfo) -> ModuleType:
 
 
 # The options only some lessons read, and the flag that sets each.
-_FLAGS = {"image": "--image", "guidance": "--guidance", "train": "--train", "model": "--model"}
+FLAGS = {"image": "--image", "guidance": "--guidance", "train": "--train", "model": "--model"}
 
 
 def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = None, **given) -> None:
@@ -132,7 +132,7 @@ def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = No
         if not any(name in info.options for info in lessons):
             takers = ", ".join(i.id for i in every if name in i.options)
             which = f"lesson {lessons[0].id}" if len(lessons) == 1 else "these lessons"
-            raise ValueError(f"{which} does not use {_FLAGS[name]}; the lessons that do: {takers}")
+            raise ValueError(f"{which} does not use {FLAGS[name]}; the lessons that do: {takers}")
     if given.get("image") is not None:
         from minidiff.data import load_image
 
@@ -151,102 +151,7 @@ def run_lesson(info: LessonInfo, out: Path, run=None, **options) -> list[Path]:
     from minidiff.course import LessonContext
     from minidiff.paths import output_dir
 
-    check_options([info], **{k: options.get(k) for k in _FLAGS})
+    check_options([info], **{k: options.get(k) for k in FLAGS})
     ctx = LessonContext(out=output_dir(Path(out) / info.id), **options)
     (run or load_lesson(info).run)(ctx)
     return list(ctx.written)
-
-
-def main(run, doc: str | None = None, argv: list[str] | None = None) -> None:
-    """``python lessons/<script>.py --out DIR [...]``: the same run, options and folder (DIR/<id>) as
-    ``minidiff lesson <id> --out DIR [...]``."""
-    import argparse
-    import sys
-
-    from minidiff.cli import add_lesson_options, report_errors
-
-    info = lesson_info(Path(sys.modules[run.__module__].__file__))
-    p = argparse.ArgumentParser(prog=info.path.name, description=(doc or "").strip().splitlines()[0] if doc else None)
-    add_lesson_options(p)
-    args = p.parse_args(argv)
-
-    def go(args: argparse.Namespace) -> int:
-        for path in run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
-                               model=args.model, image=args.image, guidance=args.guidance, train=args.train):
-            print(path)
-        return 0
-
-    code = report_errors(f"lesson {info.id}", go, args,
-                         interrupted=f"figures written so far are in {Path(args.out) / info.id}")
-    if code:
-        raise SystemExit(code)
-
-
-def cli_lessons(args) -> int:
-    lessons = list_lessons()
-    width = max(len(i.id) for i in lessons)
-    for info in lessons:
-        print(f"{info.id:<{width}}  {info.title}")
-    print(f"\n{len(lessons)} lessons. Run one with: minidiff lesson <id> --out DIR  (or: minidiff lesson all)")
-    return 0
-
-
-def _how_long(args) -> str:
-    """What `lesson all` costs on the MNIST path, as measured on an otherwise idle 2-core CPU: 95 s (the
-    README's "Measured" table), and about 60 s with --quick (97 s of CPU time on 2 threads). A busy
-    machine takes longer (16 min with four other jobs on the 2 cores); the last line says what it took."""
-    took = "about 1 minute on a 2-core CPU in quick mode" if args.quick else "about 1.5 minutes on a 2-core CPU"
-    return f"{took} on the MNIST path; IF wants a GPU" + (
-        "; --train adds the training, which each Part B lesson times" if args.train else "")
-
-
-def _files(n: int) -> str:
-    return f"{n} file" if n == 1 else f"{n} files"
-
-
-def cli_lesson(args) -> int:
-    """`minidiff lesson <id>|all --out DIR [...]`: one line per lesson, its files beneath it.
-
-    Progress bars only on a terminal (tqdm's ``disable=None``): redirected to a log, the
-    output is the lines alone. Ctrl-C ends it with one line saying where the figures are.
-    """
-    from tqdm.auto import tqdm
-
-    from minidiff.paths import output_dir
-
-    every = list_lessons()
-    chosen = every if args.id.lower() == "all" else [find_lesson(args.id)]
-    given = dict(image=args.image, guidance=args.guidance, train=args.train, model=args.model)
-    check_options(chosen, every, **given)  # every refusal before the first lesson starts
-    output_dir(args.out)
-    if len(chosen) > 1:
-        print(f"Running all {len(chosen)} lessons into {args.out}/ ({_how_long(args)}).")
-        for name, value in given.items():
-            if value not in (None, False, "auto"):
-                print(f"{_FLAGS[name]} goes to {', '.join(i.id for i in chosen if name in i.options)}")
-    said: set[str] = set()  # a note (e.g. "IF weights not found") is said once per run, not per lesson
-    t0 = time.perf_counter()
-    # one bar for 'all' (the lessons' own stay quiet), the lesson's own bars for one; none in a log
-    bar = tqdm(chosen, desc="lessons", disable=True if len(chosen) == 1 else None, unit="lesson")
-    done, info = 0, chosen[0]
-    try:
-        for info in bar:
-            bar.set_postfix_str(info.id)
-            start = time.perf_counter()
-            # with 'all', each lesson gets only the options it reads
-            mine = {k: v for k, v in given.items() if k in info.options}
-            written = run_lesson(info, Path(args.out), quick=args.quick, seed=args.seed, device=args.device,
-                                 progress=len(chosen) == 1 and sys.stderr.isatty(), said=said, **mine)
-            tqdm.write(f"{info.id} {info.title}: {_files(len(written))} in {time.perf_counter() - start:.1f} s")
-            for path in written:
-                tqdm.write(f"    {path}")
-            done += 1
-    except KeyboardInterrupt:
-        bar.close()
-        if len(chosen) == 1:
-            raise KeyboardInterrupt(f"figures written so far are in {Path(args.out) / info.id}") from None
-        raise KeyboardInterrupt(f"{info.id} was running ({done} of {len(chosen)} lessons done); "
-                                f"figures written so far are in {args.out}/") from None
-    if len(chosen) > 1:
-        print(f"all lessons done in {time.perf_counter() - t0:.0f} s")
-    return 0

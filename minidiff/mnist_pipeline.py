@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,11 +34,13 @@ import numpy as np
 import torch
 
 from minidiff.checks import integer, real_number, seed as check_seed
+from minidiff.guidance import cfg
 from minidiff.models.mnist import class_vector, fold_batchnorm, unet_time
-from minidiff.paths import shipped_dir
+from minidiff.paths import shipped_dir, weights_dir
 from minidiff.recipes import schedule_of
 from minidiff.run_folder import load_checkpoint
-from minidiff.schedule import DDPMSchedule, FlowSchedule
+from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise, one_step_denoise
+from minidiff.schedule import DDPMSchedule, FlowSchedule, strided_timesteps
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -50,9 +52,10 @@ __all__ = [
     "class_vectors",
     "flow_time_grid",
     "ddpm_timesteps",
+    "SamplerSettings",
+    "sampler_settings",
     "sample_digits",
     "save_digit_grid",
-    "cli_sample_digits",
 ]
 
 WEIGHTS_DIR = shipped_dir("weights") / "mnist"  # weights/mnist of a checkout, or of the installed package
@@ -66,6 +69,8 @@ MAX_STEPS = 10_000  # sampler steps: 600x the default model's; the states of one
 MAX_PER_CLASS = 10_000  # 100,000 digits: their noise and images take about 400 MB
 MAX_BATCH = 1_000  # digits per batch: a guided batch of 1,000 holds about 2 GB of activations
 GRID_COLUMNS = 16  # the PNG beside sample-digits' .npz shows at most this many digits of each class
+FLOW_SAMPLERS = {"euler": flow_euler, "heun": flow_heun}  # the methods sample_digits takes, by model kind
+DDPM_SAMPLERS = {"ddpm": iterative_denoise, "ddim": ddim}
 
 
 def _resolve(name_or_dir: str | os.PathLike) -> Path:
@@ -75,7 +80,7 @@ def _resolve(name_or_dir: str | os.PathLike) -> Path:
     path = Path(name_or_dir).expanduser()
     if (path / "config.json").is_file():
         return path
-    shipped = WEIGHTS_DIR / str(name_or_dir)
+    shipped = weights_dir() / "mnist" / str(name_or_dir)  # $MINIDIFF_WEIGHTS as it is now, named if it is no folder
     if (shipped / "config.json").is_file():
         return shipped
     if path.is_file():
@@ -83,7 +88,7 @@ def _resolve(name_or_dir: str | os.PathLike) -> Path:
     where = f"{path} holds no config.json" if path.is_dir() else f"no MNIST checkpoint at {str(name_or_dir)!r}"
     raise FileNotFoundError(
         f"{where}: give a folder holding model.safetensors and config.json (as minidiff train writes), "
-        f"or a shipped name ({', '.join(SHIPPED)}, or e.g. flow-class/snapshots/epoch_001) under {WEIGHTS_DIR}"
+        f"or a shipped name ({', '.join(SHIPPED)}, or e.g. flow-class/snapshots/epoch_001) under {shipped.parent}"
     )
 
 
@@ -196,22 +201,12 @@ def flow_time_grid(steps: int, grid: str = "uniform", power: float = 1.5) -> lis
     (t -> 1), where the guided velocity field bends most for these models.
     """
     steps = integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
-    u = [i / steps for i in range(steps + 1)]
-    if grid == "uniform":
-        return u
-    if grid == "late":
-        return [1 - (1 - v) ** power for v in u]
-    if grid == "early":
-        return [v**power for v in u]
-    raise ValueError(f"unknown time grid {grid!r}; choose uniform, late or early")
+    return FlowSchedule.timesteps(steps, grid=grid, power=power)
 
 
 def ddpm_timesteps(T: int, steps: int) -> list[int]:
     """steps decreasing DDPM timesteps from T - 1 to 0, then -1 (a last noiseless step to x0_hat)."""
-    if not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an int in [1, {T}], got {steps!r}")
-    ts = sorted({round(v) for v in np.linspace(T - 1, 0, steps).tolist()}, reverse=True)
-    return ts + [-1]
+    return strided_timesteps(T - 1, end=0, steps=steps) + [-1]
 
 
 def function_evaluations(method: str, steps: int, final_denoise: float = 0.0) -> int:
@@ -219,43 +214,48 @@ def function_evaluations(method: str, steps: int, final_denoise: float = 0.0) ->
     return (2 * steps - 1 if method == "heun" else steps) + (1 if final_denoise else 0)
 
 
-def _sampler(model: MNISTModel, method: str | None, steps: int | None, grid: str | None):
-    """The sampler and timesteps for a model: given values, else its config["sampler"], else Heun 8 / DDPM 300."""
-    from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How sample_digits samples: ``sampler`` over ``timesteps``, guided with scale ``guidance`` (at the
+    times in ``interval`` only, when set), then a final denoising step at noise level ``final_denoise``
+    (0: none)."""
 
-    defaults = model.config.get("sampler", {})
-    flow = model.kind == "flow"
-    method = method or defaults.get("method", "heun" if flow else "ddpm")
-    steps = defaults.get("steps", 8 if flow else 300) if steps is None else steps
-    if flow:
-        timesteps: list = flow_time_grid(steps, grid or defaults.get("grid", "uniform"))
-        run = {"euler": flow_euler, "heun": flow_heun}.get(method)
-    else:
-        timesteps = ddpm_timesteps(model.config["T"], steps)
-        run = {"ddpm": iterative_denoise, "ddim": ddim}.get(method)
-    if run is None:
+    sampler: Callable
+    timesteps: list
+    guidance: float
+    interval: tuple[float, ...] | None
+    final_denoise: float
+
+
+def sampler_settings(model: MNISTModel, method: str | None = None, steps: int | None = None,
+                     grid: str | None = None, guidance: float | None = None,
+                     guidance_interval: Sequence[float] | None = None,
+                     final_denoise: float | None = None) -> SamplerSettings:
+    """The model's own sampler settings (its config["sampler"]; without one Heun on 8 intervals for a
+    flow model, 300 DDPM steps, guidance GUIDANCE at every step, no final step), each given value in
+    its place. Every value is checked here, before anything is sampled."""
+    if not model.conditional or model.schedule is None:
+        raise ValueError(f"sample_digits needs a class-conditioned DDPM or flow model (shipped: flow-class, "
+                         f"ddpm-class), got a {model.kind}/{model.config['arch']} model")
+    own, flow = model.config.get("sampler", {}), model.kind == "flow"
+    if steps is None:
+        steps = own.get("steps", 8 if flow else 300)
+    steps = integer(steps, "steps (None for the model's own)", minimum=1, maximum=MAX_STEPS)
+    method = method or own.get("method", "heun" if flow else "ddpm")
+    sampler = (FLOW_SAMPLERS if flow else DDPM_SAMPLERS).get(method)
+    if sampler is None:
         raise ValueError(f"method {method!r} does not fit a {model.kind} model")
-    return run, timesteps
-
-
-def _final_denoise(model: MNISTModel, final_denoise: float | None) -> float:
-    """The noise level s of the last denoising step: the given value, else config["sampler"]'s, else 0 (none)."""
-    s = model.config.get("sampler", {}).get("final_denoise", 0.0) if final_denoise is None else final_denoise
-    s = real_number(s, "final_denoise", nonnegative=True)
+    s = real_number(own.get("final_denoise", 0.0) if final_denoise is None else final_denoise, "final_denoise",
+                    nonnegative=True)
     if s >= 1:
         raise ValueError(f"final_denoise is a noise level s in [0, 1) (the step is taken at flow time 1 - s), got {s}")
-    if s and model.kind != "flow":
+    if s and not flow:
         raise ValueError(f"final_denoise (--final-denoise) needs a flow model; this one is a {model.kind} model: leave it out")
-    return s
-
-
-def _guidance(model: MNISTModel, guidance: float | None,
-              interval: Sequence[float] | None) -> tuple[float, tuple[float, ...] | None]:
-    """(scale, interval) for a model: the given values, else its config["sampler"], else GUIDANCE and no interval."""
-    defaults = model.config.get("sampler", {})
-    guidance = defaults.get("guidance", GUIDANCE) if guidance is None else guidance
-    interval = defaults.get("guidance_interval") if interval is None else interval
-    return real_number(guidance, "guidance"), None if interval is None else tuple(interval)
+    timesteps = (flow_time_grid(steps, grid or own.get("grid", "uniform")) if flow
+                 else ddpm_timesteps(model.config["T"], steps))
+    guidance = real_number(own.get("guidance", GUIDANCE) if guidance is None else guidance, "guidance")
+    interval = own.get("guidance_interval") if guidance_interval is None else guidance_interval
+    return SamplerSettings(sampler, timesteps, guidance, None if interval is None else tuple(interval), s)
 
 
 @torch.inference_mode()
@@ -272,45 +272,35 @@ def sample_digits(
     progress: bool = True,
     guidance_interval: Sequence[float] | None = None,
     final_denoise: float | None = None,
+    settings: SamplerSettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """per_class digits of each class 0..9 with classifier-free guidance.
 
     Returns images uint8 (10 * per_class, 28, 28), white digit on black, and labels int64,
-    in class order (0, 0, ..., 1, 1, ...). The same seed gives the same digits.
-    Defaults (method, steps, grid, guidance, guidance_interval, final_denoise) come from the
-    model's config["sampler"]; a model without them gets Heun on 8 intervals (15 evaluations, flow)
-    or 300 DDPM steps, guidance GUIDANCE = 5 at every step. guidance_interval (t_lo, t_hi):
-    guide only the steps at those times (``minidiff.guidance.cfg``); (0, 1) guides every
-    step of a flow model. batch_size: digits per batch (the guided call holds twice as
-    many); about 100 keeps a batch's activations in this CPU's caches.
+    in class order (0, 0, ..., 1, 1, ...). The same seed gives the same digits. method, steps,
+    grid, guidance, guidance_interval (t_lo, t_hi: guide only the steps at those times, see
+    ``minidiff.guidance.cfg``) and final_denoise default to the model's own (``sampler_settings``);
+    ``settings``, the result of sampler_settings, takes their place. batch_size: digits per batch
+    (the guided call holds twice as many); about 100 keeps a batch's activations in this CPU's caches.
+    Limits: per_class in [1, MAX_PER_CLASS], steps in [1, MAX_STEPS] (and at most T for a DDPM
+    model), batch_size in [1, MAX_BATCH], seed in [0, 2**63 - 1].
 
-    Limits, checked first: per_class in [1, MAX_PER_CLASS], steps in [1, MAX_STEPS] (and at
-    most T for a DDPM model), batch_size in [1, MAX_BATCH], seed in [0, 2**63 - 1].
-
-    final_denoise s > 0 (flow models): one more guided evaluation after the sampler, which
-    takes the sample for x_t at t = 1 - s and returns the model's clean estimate x1_hat =
-    x + s v(x, 1 - s), the last denoising step of Jolicoeur-Martineau et al. (2021). The
-    sampler ends with a residual noise of a few 1/255 that the network's velocity, imprecise
-    at t near 1, leaves behind; read as noise of level s of the order of that residual, the
-    network removes most of it (faint pixels 24% -> 8.4% on the default model at s = 0.025
-    in weights/README.md's sweep; real digits have 2.4%, and the README says why the rest stays).
+    final_denoise s > 0 (flow models): one more guided evaluation after the sampler, which takes the
+    sample for x_t at t = 1 - s and returns the clean estimate x1_hat = x + s v(x, 1 - s), the last
+    denoising step of Jolicoeur-Martineau et al. (2021). It removes most of the residual noise of a
+    few 1/255 that the velocity, imprecise near t = 1, leaves (faint pixels 24% -> 8.4% on the default
+    model at s = 0.025, weights/README.md; real digits have 2.4%, and the README says why the rest stays).
     """
-    from minidiff.guidance import cfg as cfg_guidance
-    from minidiff.samplers import one_step_denoise
-
     per_class = integer(per_class, "per_class", minimum=1, maximum=MAX_PER_CLASS,
                         why=f"at most {10 * MAX_PER_CLASS:,} digits in one call")
-    steps = None if steps is None else integer(steps, "steps (None for the model's own)", minimum=1, maximum=MAX_STEPS)
     batch_size = integer(batch_size, "batch_size", minimum=1, maximum=MAX_BATCH)
     seed = check_seed(seed)
     if not isinstance(model, MNISTModel):
         model = load_mnist_model(model or DEFAULT_MODEL, device=device)
-    if not model.conditional or model.schedule is None:
-        raise ValueError(f"sample_digits needs a class-conditioned DDPM or flow model (shipped: flow-class, "
-                         f"ddpm-class), got a {model.kind}/{model.config['arch']} model")
-    guidance, interval = _guidance(model, guidance, guidance_interval)
-    run, timesteps = _sampler(model, method, steps, grid)
-    s = _final_denoise(model, final_denoise)
+    given = (method, steps, grid, guidance, guidance_interval, final_denoise)
+    if settings is not None and any(value is not None for value in given):
+        raise ValueError("give settings (from sampler_settings) or the values it holds, not both")
+    settings = settings or sampler_settings(model, method, steps, grid, guidance, guidance_interval, final_denoise)
 
     labels = torch.arange(10).repeat_interleave(per_class)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -318,11 +308,11 @@ def sample_digits(
     out = []
     for i in range(0, labels.shape[0], batch_size):
         y = labels[i : i + batch_size]
-        den = cfg_guidance(model, class_vectors(y, model.device), model.uncond(1), guidance, interval=interval)
-        x = run(den, noise[i : i + batch_size].to(model.device), model.schedule, timesteps,
-                generator=generator, progress=progress)
-        if s:
-            x = one_step_denoise(den, x, model.schedule, 1.0 - s)
+        den = cfg(model, class_vectors(y, model.device), model.uncond(1), settings.guidance, interval=settings.interval)
+        x = settings.sampler(den, noise[i : i + batch_size].to(model.device), model.schedule, settings.timesteps,
+                             generator=generator, progress=progress)
+        if settings.final_denoise:
+            x = one_step_denoise(den, x, model.schedule, 1.0 - settings.final_denoise)
         out.append((x.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)[:, 0])
     return torch.cat(out).numpy(), labels.numpy().astype(np.int64)
 
@@ -338,48 +328,3 @@ def save_digit_grid(path: str | os.PathLike, images: np.ndarray, labels: np.ndar
     classes = [c for c in range(10) if (labels == c).any()]
     rows = [list(x[np.flatnonzero(labels == c)[:columns]]) for c in classes]
     return grid_figure(path, rows, [f"digit {c}" for c in classes], value_range=(0.0, 1.0), suptitle=title)
-
-
-def _user_mode() -> int:
-    """The mode a plain open() gives a new file: 0o666 without the bits of this process's umask."""
-    umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
-    """write(tmp) into a file beside out, give it the user's usual mode, and rename it to out:
-    an existing out is replaced whole or not at all, and no half-written file is left behind."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=out.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _user_mode())  # mkstemp made it 0600, private to this user
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def cli_sample_digits(args) -> int:
-    """`minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz [--png FILE.png]`."""
-    from minidiff.paths import output_file
-
-    # before sampling: a bad --out or --png must not cost the whole run
-    out = output_file(args.out, ".npz")
-    png = output_file(getattr(args, "png", None) or out.with_suffix(".png"), ".png", "--png")
-    model = load_mnist_model(args.model or DEFAULT_MODEL, device=args.device,  # a bad --model fails here, in a second
-                             compile=args.compile)
-    _final_denoise(model, args.final_denoise)  # and a final step the model cannot take
-    images, labels = sample_digits(
-        model, per_class=args.per_class, guidance=args.guidance, steps=args.steps, seed=args.seed,
-        device=args.device, final_denoise=args.final_denoise,
-    )
-    _write_atomically(out, lambda tmp: np.savez(tmp, images=images, labels=labels))
-    shown = min(args.per_class, GRID_COLUMNS)
-    title = f"{Path(args.model or DEFAULT_MODEL).name}, seed {args.seed}" + (
-        f": the first {shown} of {args.per_class} per class" if shown < args.per_class else "")
-    _write_atomically(png, lambda tmp: save_digit_grid(tmp, images, labels, title=title))
-    what = "them" if shown == args.per_class else f"the first {shown} of each class"
-    print(f"wrote {images.shape[0]} digits to {out} and a grid of {what} to {png}")
-    return 0

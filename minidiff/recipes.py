@@ -12,11 +12,11 @@ digits x in [0, 1]:
     judge       cross-entropy of the classifier on randomly shifted digits
 
 (*-class recipes drop the class vector to zero with p_uncond = 0.1, for classifier-free
-guidance; a flow recipe with ``time_power`` p draws t = 1 - (1 - U)^p instead, see
-``flow_targets``.) x_t and the targets come from the schedules (``DDPMSchedule.add_noise``,
-``FlowSchedule.add_noise``), the same ones the samplers invert. Any recipe can also keep an
-exponential moving average of its weights (``ema_decay``, ``ema_update``) and ship the
-average instead of the last step's weights.
+guidance; a flow recipe with ``time_power`` p draws t = 1 - (1 - U)^p instead.) Each loss is
+one function of ``minidiff.losses``; ``training_example`` picks a recipe's. Its settings are
+checked here once (``recipe_config``, ``check_train_config``), so the losses trust them. Any
+recipe can also keep an exponential moving average of its weights (``ema_decay``,
+``ema_update``) and ship the average instead of the last step's weights.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidiff.checks import integer, real_number
-from minidiff.metrics import MNISTJudge, random_shift
-from minidiff.models.mnist import build_model, class_vector, drop_class, unet_time
+from minidiff.losses import ddpm_example, denoiser_example, flow_example, judge_example, pure_noise_example
+from minidiff.metrics import MNISTJudge
+from minidiff.models.mnist import build_model, class_vector
 from minidiff.schedule import DDPMSchedule, FlowSchedule
 
 __all__ = [
@@ -42,13 +43,8 @@ __all__ = [
     "check_model_config",
     "build_from_config",
     "schedule_of",
-    "denoiser_loss",
-    "pure_noise_loss",
-    "ddpm_targets",
-    "flow_targets",
-    "diffusion_loss",
-    "judge_loss",
-    "batch_loss",
+    "training_example",
+    "loss_of",
     "ema_update",
     "recompute_batchnorm",
 ]
@@ -263,115 +259,36 @@ def schedule_of(cfg: dict[str, Any]) -> DDPMSchedule | FlowSchedule | None:
 
 
 # ----------------------------------------------------------------------------------------
-# Losses: one batch in, a scalar out. Each draws its randomness from `generator`.
+# A recipe's loss on one batch (the losses themselves: minidiff.losses)
 # ----------------------------------------------------------------------------------------
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """N(0, I) of x's shape, drawn on the CPU (so a seeded run draws the same on every device)."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+def training_example(
+    cfg: dict[str, Any], schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor, y: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """(the network's inputs, its target) of cfg's loss on a batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,).
 
-
-def _mine(rows: slice | None, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """This process's rows of each tensor (all of them with rows None, i.e. one process).
-
-    The draws of a batch are made for the whole global batch and then cut, so that W
-    processes together draw exactly what one process draws (``minidiff.distributed``).
-    """
-    return [t if rows is None or t is None else t[rows] for t in tensors]
-
-
-def denoiser_loss(model: nn.Module, x: torch.Tensor, sigma: float, generator: torch.Generator | None = None,
-                  rows: slice | None = None) -> torch.Tensor:
-    """L2 between D(x + sigma eps) and x."""
-    z, x = _mine(rows, x + sigma * _randn_like(x, generator), x)
-    return F.mse_loss(model(z), x)
-
-
-def pure_noise_loss(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None,
-                    rows: slice | None = None) -> torch.Tensor:
-    """L2 between D(eps) and x: the best answer is the mean digit (the lesson's point)."""
-    eps, x = _mine(rows, _randn_like(x, generator), x)
-    return F.mse_loss(model(eps), x)
-
-
-def ddpm_targets(
-    schedule: DDPMSchedule, x0: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw t ~ U{0..T-1} (B,) and eps; return (x_t, t, eps) with x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps."""
-    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-    eps = _randn_like(x0, generator)
-    return schedule.add_noise(x0, eps, t), t, eps
-
-
-def flow_targets(
-    schedule: FlowSchedule, x1: torch.Tensor, generator: torch.Generator | None = None, time_power: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw x0 ~ N(0, I) and t (B,); return (x_t, t, u) with x_t = (1 - t) x0 + t x1, u = x1 - x0.
-
-    t = 1 - (1 - r)^time_power with r ~ U[0, 1]: uniform for 1 (the course's), and with more
-    of the training near the data end (t -> 1) above 1, with density (1 - t)^(1/p - 1) / p.
-    At p = 2 a sixth of the draws fall in t > 0.975, against a fortieth uniformly.
-    """
-    x0 = _randn_like(x1, generator)
-    t = torch.rand(x1.shape[0], generator=generator)
-    if time_power != 1.0:  # at 1 the course's recipes keep drawing, bit for bit, what they always drew
-        t = 1 - (1 - t) ** time_power
-    t = t.to(x1.device)
-    return schedule.add_noise(x1, x0, t), t, x1 - x0  # u: the path's constant velocity
-
-
-def diffusion_loss(
-    model: nn.Module, schedule: DDPMSchedule | FlowSchedule, x: torch.Tensor, c: torch.Tensor | None = None,
-    generator: torch.Generator | None = None, rows: slice | None = None, time_power: float = 1.0,
-) -> torch.Tensor:
-    """L2 between the network's output at (x_t, t [, c]) and the schedule's target for it.
-
-    DDPM: |eps_theta(x_t, t / T [, c]) - eps|^2 (``ddpm_targets``); flow: |u_theta(x_t, t [, c]) - u|^2
-    (``flow_targets``, its times drawn with ``time_power``). The network sees t as
-    ``unet_time`` scales it, as when sampling.
-    rows: the rows of the batch this process trains on (see ``_mine``).
-    """
-    if isinstance(schedule, DDPMSchedule):
-        drawn = ddpm_targets(schedule, x, generator)
-    else:
-        drawn = flow_targets(schedule, x, generator, time_power)
-    x_t, t, target, c = _mine(rows, *drawn, c)
-    t_in = unet_time(t, schedule)
-    return F.mse_loss(model(x_t, t_in) if c is None else model(x_t, t_in, c), target)
-
-
-def judge_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
-    rows: slice | None = None,
-) -> torch.Tensor:
-    """Cross-entropy on randomly shifted digits."""
-    x, y = _mine(rows, random_shift(x, max_shift, generator), y)
-    return F.cross_entropy(model(x), y)
-
-
-def batch_loss(
-    cfg: dict[str, Any], model: nn.Module, schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor,
-    y: torch.Tensor, generator: torch.Generator, rows: slice | None = None,
-) -> torch.Tensor:
-    """The loss of cfg's recipe on one batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,).
-
-    rows: with several processes, the rows of this global batch that this process trains on;
-    the random draws are made for all B rows either way.
+    The draws are made for all B rows (``minidiff.losses``); ``loss_of`` compares the two.
     """
     kind = cfg["kind"]
     if kind == "judge":
-        return judge_loss(model, x, y, cfg["max_shift"], generator, rows)
+        return judge_example(x, y, generator, cfg["max_shift"])
     if cfg.get("channels_last"):
         x = x.contiguous(memory_format=torch.channels_last)
     if kind == "denoiser":
-        return denoiser_loss(model, x, cfg["sigma"], generator, rows)
+        return denoiser_example(x, generator, cfg["sigma"])
     if kind == "pure-noise":
-        return pure_noise_loss(model, x, generator, rows)
-    c = drop_class(class_vector(y), cfg["p_uncond"], generator) if cfg["arch"] == "class" else None
-    if kind in ("ddpm", "flow"):
-        return diffusion_loss(model, schedule, x, c, generator, rows, cfg.get("time_power", 1.0))
-    raise ValueError(f"unknown training kind {kind!r}")
+        return pure_noise_example(x, generator)
+    c, p_uncond = (class_vector(y), cfg["p_uncond"]) if cfg["arch"] == "class" else (None, 0.0)
+    if kind == "ddpm":
+        return ddpm_example(schedule, x, c, generator, p_uncond)
+    return flow_example(schedule, x, c, generator, p_uncond, cfg.get("time_power", 1.0))
+
+
+def loss_of(cfg: dict[str, Any], output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L = ||output - target||^2 (the mean over pixels and rows), or the judge's cross-entropy."""
+    return F.cross_entropy(output, target) if cfg["kind"] == "judge" else F.mse_loss(output, target)
 
 
 @torch.no_grad()
@@ -404,7 +321,7 @@ def recompute_batchnorm(model: nn.Module, cfg: dict[str, Any], schedule: DDPMSch
     27% faint pixels with the copied statistics, 18.5 and 8.5% with its own). As for
     stochastic weight averaging (Izmailov et al., 2018), the fix is one pass
     over training batches in train mode with momentum None, so that each statistic is the plain
-    average over `batches` batches of cfg's recipe inputs (x_t, t, c as ``batch_loss`` draws
+    average over `batches` batches of cfg's recipe inputs (x_t, t, c as ``training_example`` draws
     them) from images x (N, 1, 28, 28) and labels y (N,). The draws come from a generator of
     their own, seeded with cfg["seed"]: the same weights always get the same statistics.
     """
@@ -421,7 +338,8 @@ def recompute_batchnorm(model: nn.Module, cfg: dict[str, Any], schedule: DDPMSch
     model.train()
     for _ in range(batches):
         idx = torch.randint(0, x.shape[0], (batch,), generator=generator).to(x.device)
-        batch_loss(cfg, model, schedule, x[idx], y[idx], generator)
+        inputs, _ = training_example(cfg, schedule, x[idx], y[idx], generator)
+        model(*inputs)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()

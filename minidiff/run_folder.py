@@ -2,34 +2,30 @@
 
     model.safetensors, config.json       the model (what ``load_checkpoint`` and the pipelines read)
     train_state.safetensors, .json       optimizer moments and generator state, for --resume
-    loss.csv, loss.png                   step, epoch, lr, loss; the curve (``plot_loss``)
+    loss.csv, loss.png                   step, epoch, lr, loss; the curve (``minidiff.run_log``)
     snapshots/epoch_NNN/                 model + config at the end of chosen epochs
-    .run.lock                            while a run trains: which process owns the folder
+    .run.lock                            while a run trains: which process owns the folder (``minidiff.run_lock``)
 
-Every file is written to a temporary name and renamed, so a reader (or a run killed mid-save)
-never sees half a file, and a checkpoint is written only after its weights are checked finite;
-a Ctrl-C during a checkpoint waits until all of its files are written. config.json records the
-training data's sha256 (``data_fingerprint``), so ``--resume`` refuses to continue a run on
-other data. One run at a time owns a folder (``owned_run_folder``): a second run into it is
-refused, not interleaved with the first.
+Every file is written to a temporary name and renamed (``checkpoint.atomic_write``), so a reader
+(or a run killed mid-save) never sees half a file, and a checkpoint is written only after its
+weights are checked finite; a Ctrl-C during a checkpoint waits until all of its files are
+written. config.json records the training data's sha256 (``data_fingerprint``), so ``--resume``
+refuses to continue a run on other data. One run at a time owns a folder
+(``run_lock.owned_run_folder``): a second run into it is refused, not interleaved with the first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -38,40 +34,27 @@ from safetensors.torch import save_file
 from torch import nn
 
 from minidiff.checkpoint import (
+    atomic_write,
     check_device,
     check_finite_state,
     check_state_dict,
     load_safetensors,
     nonfinite_keys,
     read_json_config,
+    writable_folder,
 )
 from minidiff.recipes import build_from_config, check_model_config
+from minidiff.run_log import open_loss_log, plot_loss, read_loss_log  # a run's files: here too
 
 __all__ = [
-    "save_checkpoint",
-    "load_checkpoint",
-    "writable_folder",
-    "owned_run_folder",
-    "RunFolderInUse",
-    "saved_step",
-    "check_new_run",
-    "delete_run",
-    "data_fingerprint",
-    "RunFolder",
-    "open_loss_log",
-    "read_loss_log",
-    "plot_loss",
-    "read_run_config",
-    "run_epochs",
-    "trained_how",
+    "save_checkpoint", "load_checkpoint", "saved_step", "check_new_run", "delete_run", "data_fingerprint", "RunFolder",
+    "open_loss_log", "read_loss_log", "plot_loss", "read_run_config", "run_epochs", "trained_how",
 ]
 
 # The files a training run writes into its folder (besides snapshots/epoch_NNN/).
 RUN_FILES = ("model.safetensors", "config.json", "train_state.safetensors", "train_state.json", "loss.csv", "loss.png")
 # Settings that may change between a run and its --resume: they do not change the trajectory.
 RESUMABLE_CHANGES = ("save_every", "snapshot_epochs", "data", "train_data")
-# The lock file of a run folder (``owned_run_folder``).
-LOCK_FILE = ".run.lock"
 # What to do about a damaged checkpoint (the advice in load_checkpoint's errors).
 _DAMAGED = "the checkpoint is damaged: use another snapshot of the run, or train it again (minidiff train)"
 
@@ -79,29 +62,6 @@ _DAMAGED = "the checkpoint is damaged: use another snapshot of the run, or train
 # ----------------------------------------------------------------------------------------
 # Files, written whole or not at all
 # ----------------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    """The process's umask (os.umask can only be read by setting it: set a safe one for that instant)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file.
-
-    The file gets the mode a plain open() gives, 0o666 less the umask: some writers (safetensors)
-    create 0o600 files, which the user's group could not read.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -126,120 +86,7 @@ def _ctrl_c_deferred() -> Iterator[None]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def writable_folder(folder: Any, what: str) -> Path:
-    """folder as a Path, if it is or can become a folder we can write in: ValueError otherwise, before any work."""
-    if not isinstance(folder, (str, os.PathLike)) or not str(folder):
-        raise ValueError(f"the {what} must be a folder path, got {folder!r}")
-    folder = Path(folder).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the {what} {folder} is a file; give a folder (it is made if missing)")
-    parent = folder
-    while not parent.exists():  # the nearest part of the path that exists must be a folder we may write in
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"the {what} {folder} cannot be made: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"the {what} {folder} is not writable (no write permission in {parent}); choose another folder")
-    return folder
-
-
-# ----------------------------------------------------------------------------------------
-# One run at a time in a folder: the lock
-# ----------------------------------------------------------------------------------------
-
-
-class RunFolderInUse(RuntimeError):
-    """Another process is training into the run folder."""
-
-
-@contextlib.contextmanager
-def owned_run_folder(folder: Any, command: str | None = None) -> Iterator[Path]:
-    """Own the run folder (made if missing) for the block, or RunFolderInUse naming who owns it.
-
-    Two runs into one folder would overwrite each other's checkpoints and interleave their
-    loss.csv, and both would report success. So a run holds an exclusive ``fcntl.flock`` on
-    folder/.run.lock while it trains, and the file says who holds it (pid, host, start, command)
-    for the refusal. flock rather than a file made with O_CREAT|O_EXCL: the kernel drops the lock
-    when its process dies, however it dies (SIGKILL, out of memory, a crash), so a lock left by a
-    killed run never blocks its --resume and no guess is needed about whether a pid in a file is
-    still alive, reused, or on another machine. (On a network file system the lock holds across
-    machines where the mount has locks, as NFSv4 does; a mount with `nolock` locks per machine
-    only. A file system that refuses locks outright is refused here, not trained into unguarded.)
-    A child process forked without exec would inherit the lock; minidiff starts none.
-
-    On leaving, normally, on an error or on Ctrl-C, the lock file is removed, and so is the
-    folder if this call made it and nothing else was written in it (a run refused early).
-    """
-    folder = writable_folder(folder, "run folder (--out)")
-    made = not folder.exists()
-    lock = folder / LOCK_FILE
-    fd = _take_lock(lock, command)
-    try:
-        yield folder
-    finally:
-        if _is_lock_file(fd, lock):  # unlink while still holding it: see _take_lock
-            lock.unlink()
-        os.close(fd)
-        if made:
-            with contextlib.suppress(OSError):  # not empty: the run wrote something, keep it
-                folder.rmdir()
-
-
-def _take_lock(lock: Path, command: str | None) -> int:
-    """An open descriptor of `lock`, flock-ed by this process and naming it; RunFolderInUse if another holds it."""
-    for _ in range(10):
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # the folder was removed under us by a run that made it: again
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise RunFolderInUse(f"{lock.parent} is in use by another training run ({holder}); wait until it "
-                                 f"ends, or choose another --out") from None
-        except OSError as err:
-            os.close(fd)
-            raise RunFolderInUse(f"cannot lock {lock} ({err.strerror}): its file system has no file locks, so "
-                                 "two runs could write into it at once; choose an --out on a local disk") from None
-        # The owner before us removes the file before it lets go: if it did so between our open and
-        # our flock, we hold a lock on a file no longer in the folder, and must lock the new one.
-        if _is_lock_file(fd, lock):
-            record = {"pid": os.getpid(), "host": socket.gethostname(),
-                      "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-            return fd
-        os.close(fd)
-    raise RunFolderInUse(f"{lock.parent}: other runs keep taking and leaving its lock; try again")
-
-
-def _is_lock_file(fd: int, lock: Path) -> bool:
-    """Whether `lock` still names the file open at fd."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(lock))
-    except FileNotFoundError:
-        return False
-
-
-def _lock_holder(fd: int) -> str:
-    """'pid 123 on host h since 2026-12-02 10:00:00: minidiff train ...', from the lock file of another run.
-
-    The owner writes the file just after it takes the lock, so wait a moment for it if it is empty.
-    """
-    for _ in range(20):
-        try:
-            r = json.loads(os.pread(fd, 4096, 0))
-            text = f"pid {r['pid']} on host {r['host']}, started {r['started']}"
-            return text + (f": {r['command']}" if r.get("command") else "")
-        except (ValueError, KeyError, TypeError):
-            time.sleep(0.025)
-    return "a process that has not said which"
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -278,8 +125,8 @@ def save_checkpoint(
     except (TypeError, ValueError) as err:
         raise ValueError(f"cfg must hold only JSON values (numbers, strings, lists, dicts): {err}") from err
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic(folder / "model.safetensors", lambda p: save_file(state, p, metadata=metadata or {}))
-    _atomic(folder / "config.json", lambda p: Path(p).write_text(config_text))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(state, p, metadata=metadata or {}))
+    atomic_write(folder / "config.json", lambda p: Path(p).write_text(config_text))
     return folder
 
 
@@ -488,97 +335,10 @@ class RunFolder:
         with _ctrl_c_deferred():  # all of the checkpoint's files, or (stopped before it) none
             save_checkpoint(model if ema is None else ema, self.model_config(step, wall), self.path,
                             metadata={"step": str(step)})
-            _atomic(self.path / "train_state.safetensors", lambda p: save_file(opt_tensors, p))
+            atomic_write(self.path / "train_state.safetensors", lambda p: save_file(opt_tensors, p))
             _write_json(self.path / "train_state.json",
                         {"step": step, "wall_s": wall, "config": self.config, **opt_meta})
         self.last_saved = step
-
-
-# ----------------------------------------------------------------------------------------
-# loss.csv and its curve
-# ----------------------------------------------------------------------------------------
-
-
-def _csv_writer(log: TextIO) -> Any:
-    """A csv writer that ends rows with a newline alone (csv's default, CR LF, leaves a stray byte in Unix tools)."""
-    return csv.writer(log, lineterminator="\n")
-
-
-def open_loss_log(path: Path | None, start_step: int) -> tuple[TextIO, Any]:
-    """(file, csv writer) of loss.csv, ready for the rows of steps start_step on.
-
-    A new run starts the file with its header; a resumed one keeps the rows of the steps before
-    its checkpoint and drops the later ones (they are trained again), rewriting the file
-    atomically so that a run stopped right then keeps its log. path None: a writer to nowhere
-    (the processes other than rank 0 of a run over several).
-    """
-    if path is None:
-        log = open(os.devnull, "w")
-        return log, _csv_writer(log)
-    if start_step == 0 or not path.exists():
-        log = open(path, "w", newline="")
-        writer = _csv_writer(log)
-        writer.writerow(["step", "epoch", "lr", "loss"])
-        return log, writer
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    try:
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_step] if rows else []
-    except ValueError as err:
-        raise ValueError(f"--resume: {path} is damaged ({err}); delete it to start a new log, "
-                         "or start over with --overwrite") from err
-
-    def write_kept(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            _csv_writer(f).writerows(kept)
-
-    _atomic(path, write_kept)
-    log = open(path, "a", newline="")
-    return log, _csv_writer(log)
-
-
-def read_loss_log(folder: str | os.PathLike) -> list[tuple[int, float]]:
-    """(step, loss) pairs from folder/loss.csv."""
-    log_file = Path(folder) / "loss.csv"
-    if not log_file.is_file():
-        raise FileNotFoundError(f"{log_file} not found: the run's loss log ships with its weights")
-    with open(log_file) as f:
-        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-
-
-def plot_loss(folder: str | os.PathLike, path: str | os.PathLike | None = None, title: str | None = None) -> Path:
-    """The training loss of a run (folder/loss.csv) against epochs, log scale, with a running mean.
-
-    Written to path (default folder/loss.png). A title longer than one line of the figure is
-    split at its first ": " ("what: how it was trained").
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    log = read_loss_log(folder)
-    cfg = read_run_config(folder)
-    steps_per_epoch = cfg.get("steps_per_epoch") or max(1, len(log))
-    epoch = np.array([s for s, _ in log]) / steps_per_epoch
-    loss = np.array([v for _, v in log])
-    window = max(1, len(loss) // 50)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epoch, loss, lw=0.5, alpha=0.4 if window > 1 else 1.0, label="loss per step")
-    if window > 1:
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        ax.plot(epoch[window - 1 :], smooth, lw=1.5, label=f"mean of {window} steps")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (cross-entropy)" if cfg.get("kind") == "judge" else "training loss (MSE)")
-    if title is not None:
-        ax.set_title(title.replace(": ", "\n", 1) if len(title) > 60 else title, fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(folder) / "loss.png" if path is None else Path(path)
-    _atomic(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ Every sampler has one signature (k-diffusion style),
     sampler(den, x, schedule, timesteps, i_start=0, generator=None, callback=None,
             progress=True, return_intermediates=False, *, its own options)
 
-checks its arguments once, at its entry, and hands its update rule
-``update(x_t, model_output, t, t_prev) -> x at t_prev`` to ``sample_loop``, the one loop that
-all samplers and the edits of ``minidiff.edit`` share. The loop walks consecutive pairs
-(t, t_prev) = (timesteps[i], timesteps[i + 1]) from index i_start::
+checks its arguments once, at its entry (``check_loop_args``), then runs its own loop with its
+update written inside, like k-diffusion's samplers, over consecutive pairs (t, t_prev) =
+(timesteps[i], timesteps[i + 1]) from index i_start. The steps are the schedules' trusted cores
+(``schedule._step``: DDPM's eq. 7, the flow's Euler step), which check nothing::
 
     DDPM (course, Ho et al.):    timesteps = [990, 960, ..., 30, 0]   (strided, decreasing)
     flow (course, Lipman et al.): timesteps = [0.0, 0.02, ..., 1.0]    (increasing)
@@ -35,26 +35,26 @@ step, not in an all-NaN image.
 
 from __future__ import annotations
 
-import numbers
-from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minidiff.checks import finite_run, finite_tensor, image_batch, real_number
-from minidiff.schedule import DDPMSchedule, FlowSchedule, Schedule, check_schedule
+from minidiff.checks import callable_arg, finite_run, finite_tensor, image_batch, model_output as model_output_fits
+from minidiff.checks import real_number, torch_generator as check_generator
+from minidiff.checks_sampling import denoiser_output, sampler_timesteps
+from minidiff.schedule import DDPMSchedule, FlowSchedule, Schedule, check_schedule, split_output
 
 __all__ = [
     "Denoiser",
     "Callback",
+    "Loop",
     "check_generator",
     "check_loop_args",
     "run_denoiser",
-    "sample_loop",
     "one_step_denoise",
     "iterative_denoise",
+    "ddim_step",
     "ddim",
     "flow_euler",
     "flow_heun",
@@ -62,113 +62,37 @@ __all__ = [
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
-Update = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 Timesteps = Sequence[float] | torch.Tensor
 Result = torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]
 
 
 # ----------------------------------------------------------------------------------------
-# Checks, made once at a sampler's entry
+# What every loop shares: the checks at its entry, the model call, the bookkeeping
 # ----------------------------------------------------------------------------------------
-
-
-def _timestep_list(schedule: Schedule, timesteps: Timesteps) -> list:
-    """timesteps as a list of Python numbers: ints for DDPM, floats for flow (each one checked)."""
-    if isinstance(timesteps, (torch.Tensor, np.ndarray)):
-        if timesteps.ndim != 1:
-            raise ValueError(f"timesteps must be a 1-D sequence, got an array of shape {tuple(timesteps.shape)}")
-        timesteps = timesteps.tolist()
-    if isinstance(timesteps, (str, bytes)) or not isinstance(timesteps, Sequence):
-        raise ValueError(
-            f"timesteps must be a list of numbers such as strided_timesteps() or FlowSchedule.timesteps(n), "
-            f"got {timesteps!r:.80}"
-        )
-    if isinstance(schedule, FlowSchedule):
-        return [real_number(t, f"timesteps[{i}]") for i, t in enumerate(timesteps)]
-    ts = []
-    for i, t in enumerate(timesteps):
-        if isinstance(t, numbers.Real) and not isinstance(t, numbers.Integral) and float(t).is_integer():
-            t = int(t)  # 990.0 is the timestep 990; 990.5 is a mistake
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-            raise ValueError(f"timesteps[{i}] must be an integer DDPM timestep, got {t!r:.40}")
-        ts.append(int(t))
-    return ts
-
-
-def check_timesteps(schedule: Schedule, timesteps: Timesteps, i_start: int) -> list:
-    """Validate a timestep list and i_start; return the timesteps as Python numbers.
-
-    DDPM: strictly decreasing ints in [0, T - 1] (a final -1 means "step to the clean image").
-    Flow: strictly increasing floats in [0, 1]. Needs 0 <= i_start < len(timesteps) - 1,
-    so that there is at least one step to take.
-    """
-    check_schedule(schedule)
-    ts = _timestep_list(schedule, timesteps)
-    if len(ts) < 2:
-        raise ValueError(f"timesteps needs at least two entries (one step), got {ts}")
-    if isinstance(i_start, bool) or not isinstance(i_start, numbers.Integral) or not 0 <= i_start < len(ts) - 1:
-        raise ValueError(
-            f"i_start must be an int in [0, {len(ts) - 2}] for {len(ts)} timesteps "
-            f"(the last entry is where sampling ends), got {i_start!r}"
-        )
-    flow = isinstance(schedule, FlowSchedule)
-    order = "increase strictly (noise at t = 0, data at t = 1)" if flow else "decrease strictly (from noise to image)"
-    for i, (a, b) in enumerate(zip(ts[:-1], ts[1:])):
-        if (a >= b) if flow else (a <= b):
-            raise ValueError(
-                f"timesteps must {order} for a {type(schedule).__name__}, got timesteps[{i}] = {a} "
-                f"then timesteps[{i + 1}] = {b}"
-            )
-    if flow and (ts[0] < 0 or ts[-1] > 1):
-        raise ValueError(f"flow-matching timesteps must lie within [0, 1], got {ts[0]} ... {ts[-1]}")
-    if not flow and (ts[0] >= schedule.num_timesteps or ts[-1] < -1):
-        raise ValueError(
-            f"DDPM timesteps must lie within [0, {schedule.num_timesteps - 1}] for this "
-            f"{schedule.num_timesteps}-step schedule (optionally ending at -1), got {ts[0]} ... {ts[-1]}"
-        )
-    return ts
-
-
-def check_generator(generator: torch.Generator | None) -> None:
-    """ValueError unless generator is None or a torch.Generator (a bare seed is a common slip)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(
-            f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), got {generator!r:.40}"
-        )
-
-
-def _check_den_and_x(den: Denoiser, x: torch.Tensor, x_name: str) -> None:
-    if not callable(den):
-        raise ValueError(f"den must be a denoiser, a callable den(x_t, t), got {den!r:.80}")
-    image_batch(x, x_name)
-    finite_tensor(x, x_name)
-
-
-def _check_kind(schedule: Schedule, kind: type, sampler: str) -> None:
-    """ValueError unless the schedule is the kind the sampler integrates."""
-    if not isinstance(schedule, kind):
-        others = "flow_euler or flow_heun" if kind is DDPMSchedule else "iterative_denoise or ddim"
-        raise ValueError(f"{sampler} needs a {kind.__name__}, got {schedule!r:.60}; for that schedule use {others}")
 
 
 def check_loop_args(
     den: Denoiser, x: torch.Tensor, schedule: Schedule, timesteps: Timesteps, i_start: int,
-    generator: torch.Generator | None = None, callback: Callback | None = None, x_name: str = "x",
+    generator: torch.Generator | None = None, callback: Callback | None = None, x_name: str = "x", *,
+    kind: type | None = None, sampler: str = "",
 ) -> list:
-    """Everything a sampling or editing loop checks once, before its first step.
+    """Everything a sampling or editing loop checks once, before its first step; ``kind`` is the one
+    schedule class a ``sampler`` integrates, when it integrates one only.
 
-    Returns the timesteps as Python numbers (see ``check_timesteps``).
+    Returns the timesteps as Python numbers (``checks_sampling.sampler_timesteps``): DDPM strictly
+    decreasing ints in [0, T - 1] (a final -1 steps to the clean image), flow strictly
+    increasing floats in [0, 1], with 0 <= i_start < len(timesteps) - 1.
     """
-    _check_den_and_x(den, x, x_name)
+    check_schedule(schedule, kind, sampler)
+    callable_arg(den, "den", "a denoiser, a callable den(x_t, t)")
+    image_batch(x, x_name)
+    finite_tensor(x, x_name)
     check_generator(generator)
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback must be callable as callback(i, t, x_t, x0_hat), got {callback!r:.80}")
-    return check_timesteps(schedule, timesteps, i_start)
-
-
-# ----------------------------------------------------------------------------------------
-# The one loop
-# ----------------------------------------------------------------------------------------
+    if callback is not None:
+        callable_arg(callback, "callback", "callable as callback(i, t, x_t, x0_hat)")
+    flow = isinstance(schedule, FlowSchedule)
+    return sampler_timesteps(timesteps, i_start, flow=flow, num_timesteps=schedule.num_timesteps,
+                             kind=type(schedule).__name__)
 
 
 def run_denoiser(den: Denoiser, x: torch.Tensor, schedule: Schedule, t: float | int) -> torch.Tensor:
@@ -185,45 +109,48 @@ def run_denoiser(den: Denoiser, x: torch.Tensor, schedule: Schedule, t: float | 
     else:
         t_batch = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
     out = den(x, t_batch)
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the denoiser must return a tensor of shape {tuple(x.shape)}, got a {type(out).__name__}")
-    b, c = x.shape[:2]
-    if out.shape != x.shape and (flow or out.shape != (b, 2 * c, *x.shape[2:])):
-        what = tuple(x.shape) if flow else f"{tuple(x.shape)} or, with learned variance, {(b, 2 * c, *x.shape[2:])}"
-        raise ValueError(
-            f"the denoiser returned shape {tuple(out.shape)} for x_t of shape {tuple(x.shape)}; it must return {what}"
-        )
+    denoiser_output(out, x, learned_variance=not flow)
     return out
 
 
-def sample_loop(
-    den: Denoiser, x: torch.Tensor, schedule: Schedule, ts: list, i_start: int, update: Update,
-    callback: Callback | None = None, progress: bool = True, return_intermediates: bool = False,
-    desc: str = "denoising",
-) -> Result:
-    """The loop every sampler and edit runs, from x at ts[i_start] to ts[-1]:
+class Loop:
+    """What a sampling loop does besides its update: the progress bar over the steps from
+    i_start, the states kept for return_intermediates, and one torch.isfinite(x).all() per
+    step, read once after the loop so that the loop never waits on the device::
 
-        for (t, t_prev) in consecutive pairs of ts from i_start:
-            model_output = den(x, t)
-            callback(i, t, x, x0_hat)                       (when given)
-            x = update(x, model_output, t, t_prev)
+        loop = Loop(x, ts, i_start, progress, return_intermediates, "DDIM")
+        for i, t, t_prev in loop:
+            ...
+            x = loop.keep(x)
+        return loop.result(x)
 
-    ts are the timesteps as ``check_loop_args`` returns them (its checks come first).
-    Returns x at ts[-1], and with return_intermediates also the list of all states.
-    A state that went NaN or inf is a RuntimeError naming the step (``finite_run``).
+    A state that went NaN or inf is a RuntimeError naming the step (``checks.finite_run``).
     """
-    intermediates, finite = [x], []
-    for i in tqdm(range(i_start, len(ts) - 1), desc=desc, disable=None if progress else True, leave=False):
-        t, t_prev = ts[i], ts[i + 1]
-        model_output = run_denoiser(den, x, schedule, t)
-        if callback is not None:
-            callback(i, t, x, schedule.predict_data(x, model_output, t))
-        x = update(x, model_output, t, t_prev)
-        finite.append(torch.isfinite(x).all())
-        if return_intermediates:
-            intermediates.append(x)
-    finite_run(finite, ts, i_start, desc)
-    return (x, intermediates) if return_intermediates else x
+
+    def __init__(self, x: torch.Tensor, ts: list, i_start: int, progress: bool, return_intermediates: bool,
+                 what: str = "denoising") -> None:
+        self.ts, self.i_start, self.what = ts, i_start, what
+        self.progress = progress
+        self.states = [x] if return_intermediates else None
+        self.finite: list[torch.Tensor] = []
+
+    def __iter__(self) -> Iterator[tuple[int, float, float]]:
+        """(i, t, t_prev) = (i, ts[i], ts[i + 1]) for each step from i_start, behind a progress bar."""
+        steps = tqdm(range(self.i_start, len(self.ts) - 1), desc=self.what, disable=None if self.progress else True,
+                     leave=False)
+        return ((i, self.ts[i], self.ts[i + 1]) for i in steps)
+
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        """Record the state after a step; returns it."""
+        self.finite.append(torch.isfinite(x).all())
+        if self.states is not None:
+            self.states.append(x)
+        return x
+
+    def result(self, x: torch.Tensor) -> Result:
+        """x, or (x, states) with return_intermediates, once every step was finite."""
+        finite_run(self.finite, self.ts, self.i_start, self.what)
+        return x if self.states is None else (x, self.states)
 
 
 # ----------------------------------------------------------------------------------------
@@ -241,9 +168,11 @@ def one_step_denoise(
     Flow: x1_hat = x_t + (1 - t) v_hat.
     """
     check_schedule(schedule)
-    _check_den_and_x(den, x_t, "x_t")
-    schedule.signal_and_noise(t, x_t)  # checks t before the model runs (an IF forward takes seconds)
-    x0_hat = schedule.predict_data(x_t, run_denoiser(den, x_t, schedule, t), t)
+    callable_arg(den, "den", "a denoiser, a callable den(x_t, t)")
+    image_batch(x_t, "x_t")
+    finite_tensor(x_t, "x_t")
+    t = schedule._t(t, x_t)  # checked before the model runs (an IF forward takes seconds)
+    x0_hat = schedule._predict_data(x_t, run_denoiser(den, x_t, schedule, t), t)
     finite_run([torch.isfinite(x0_hat).all()], [t, "the clean estimate"], what="one-step denoising")
     return x0_hat
 
@@ -254,9 +183,11 @@ def iterative_denoise(
     generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = True,
     return_intermediates: bool = False,
 ) -> Result:
-    """The course's iterative denoising (1.4): x_{t'} = schedule.step(x_t, den(x_t, t), t, t').
+    """The course's iterative denoising (1.4): for each stride t -> t' of the timesteps,
 
-    DDPM: the strided DDPM update (Ho et al., 2020, eq. 7 over a stride),
+        x_{t'} = schedule.step(x_t, den(x_t, t), t, t')
+
+    DDPM: the strided DDPM update (Ho et al., 2020, eq. 7 over a stride; ``DDPMSchedule.step``),
 
         x_{t'} = sqrt(ab_{t'}) beta_t / (1 - ab_t) x0_hat + sqrt(alpha_t) (1 - ab_{t'}) / (1 - ab_t) x_t + sigma z
 
@@ -265,8 +196,51 @@ def iterative_denoise(
     Flow: the step is Euler's, so this is ``flow_euler``.
     """
     ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
-    update = partial(schedule.step, generator=generator)
-    return sample_loop(den, x, schedule, ts, i_start, update, callback, progress, return_intermediates)
+    loop = Loop(x, ts, i_start, progress, return_intermediates)
+    for i, t, t_prev in loop:
+        model_output = run_denoiser(den, x, schedule, t)
+        if callback is not None:
+            callback(i, t, x, schedule._predict_data(x, model_output, t))
+        x = loop.keep(schedule._step(x, model_output, t, t_prev, generator=generator))
+    return loop.result(x)
+
+
+def _ddim_update(schedule: DDPMSchedule, x_t: torch.Tensor, model_output: torch.Tensor, t: int, t_prev: int,
+                 eta: float, noise: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+    """One DDIM step t -> t_prev (Song, Meng & Ermon, 2021, eq. 12) on checked arguments:
+
+        x0_hat  = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
+        sigma   = eta * sqrt(beta~_t),   beta~_t = (1 - ab_{t'}) / (1 - ab_t) (1 - ab_t / ab_{t'})
+        x_{t'}  = sqrt(ab_{t'}) x0_hat + sqrt(1 - ab_{t'} - sigma^2) eps + sigma z
+
+    eta = 0 is deterministic: it re-noises the clean estimate with the very noise the model
+    predicted, x_{t'} = add_noise(x0_hat, eps, t'). eta = 1 has DDPM's posterior variance.
+    Uses the first C channels of a 2C output (DDIM has no learned variance) and the
+    schedule's thresholding/clipping of x0_hat, as diffusers' DDIMScheduler does.
+    """
+    eps, _ = split_output(x_t, model_output)
+    ab_t, ab_prev = schedule._ab(t, x_t), schedule._ab(t_prev, x_t)
+    x0_hat = schedule._threshold(schedule._clean_estimate(x_t, eps, ab_t))
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
+    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps.to(ab_t.dtype)
+    if eta > 0:
+        z = noise if noise is not None else torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype,
+                                                        device=x_t.device)
+        x_prev = x_prev + sigma * z.to(ab_t.dtype)
+    return x_prev.to(x_t.dtype)
+
+
+def ddim_step(
+    schedule: DDPMSchedule, x_t: torch.Tensor, model_output: torch.Tensor, t: int | torch.Tensor,
+    t_prev: int | torch.Tensor, eta: float = 0.0, noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One DDIM step t -> t_prev (eq. 12, see ``_ddim_update``), its arguments checked like DDPMSchedule.step's."""
+    check_schedule(schedule, DDPMSchedule, "ddim_step")
+    eta = real_number(eta, "eta", nonnegative=True)
+    model_output_fits(x_t, model_output)
+    t, t_prev = schedule._check_stride(x_t, t, t_prev, noise)
+    return _ddim_update(schedule, x_t, model_output, t, t_prev, eta, noise, generator)
 
 
 @torch.no_grad()
@@ -275,18 +249,22 @@ def ddim(
     generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = True,
     return_intermediates: bool = False, *, eta: float = 0.0,
 ) -> Result:
-    """DDIM (Song, Meng & Ermon, 2021, eq. 12), see ``DDPMSchedule.ddim_step``:
+    """DDIM (Song, Meng & Ermon, 2021, eq. 12): at each stride t -> t' (``_ddim_update``, just above),
 
         x_{t'} = sqrt(ab_{t'}) x0_hat + sqrt(1 - ab_{t'} - sigma^2) eps + sigma z,   sigma = eta sqrt(beta~_t)
 
     With eta = 0 (the default) the result is a deterministic function of the starting x:
     the same noise always gives the same image, and few steps (20-50) suffice.
     """
-    _check_kind(schedule, DDPMSchedule, "DDIM")
+    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback, kind=DDPMSchedule, sampler="DDIM")
     eta = real_number(eta, "eta", nonnegative=True)
-    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
-    update = partial(schedule.ddim_step, eta=eta, generator=generator)
-    return sample_loop(den, x, schedule, ts, i_start, update, callback, progress, return_intermediates, "DDIM")
+    loop = Loop(x, ts, i_start, progress, return_intermediates, "DDIM")
+    for i, t, t_prev in loop:
+        model_output = run_denoiser(den, x, schedule, t)
+        if callback is not None:
+            callback(i, t, x, schedule._predict_data(x, model_output, t))
+        x = loop.keep(_ddim_update(schedule, x, model_output, t, t_prev, eta, None, generator))
+    return loop.result(x)
 
 
 @torch.no_grad()
@@ -296,13 +274,21 @@ def flow_euler(
     return_intermediates: bool = False,
 ) -> Result:
     """Euler's method for dx/dt = v(x, t) from noise (t = 0) to data (t = 1), the course's
-    flow-matching sampler (Lipman et al., 2023): x_{t'} = x_t + (t' - t) v(x_t, t).
+    flow-matching sampler (Lipman et al., 2023):
+
+        x_{t'} = x_t + (t' - t) v(x_t, t)
 
     The generator is unused (the flow is deterministic); every sampler takes one.
     """
-    _check_kind(schedule, FlowSchedule, "flow_euler")
-    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
-    return sample_loop(den, x, schedule, ts, i_start, schedule.step, callback, progress, return_intermediates)
+    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback, kind=FlowSchedule,
+                         sampler="flow_euler")
+    loop = Loop(x, ts, i_start, progress, return_intermediates)
+    for i, t, t_next in loop:
+        v = run_denoiser(den, x, schedule, t)
+        if callback is not None:
+            callback(i, t, x, schedule._predict_data(x, v, t))
+        x = loop.keep(schedule._step(x, v, t, t_next))  # x + (t' - t) v
+    return loop.result(x)
 
 
 @torch.no_grad()
@@ -321,14 +307,17 @@ def flow_heun(
     plain Euler step: at the data end the velocity of an exact (memorising) denoiser is 0/0.
     final_euler=False corrects that step too, for models whose v(x, 1) is meaningful.
     """
-    _check_kind(schedule, FlowSchedule, "flow_heun")
-    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback)
-
-    def update(x_t: torch.Tensor, v1: torch.Tensor, t: float, t_prev: float) -> torch.Tensor:
-        x_euler = schedule.step(x_t, v1, t, t_prev)
-        if final_euler and t_prev >= 1.0:
-            return x_euler
-        v2 = run_denoiser(den, x_euler, schedule, t_prev)
-        return schedule.step(x_t, (v1 + v2) / 2, t, t_prev)
-
-    return sample_loop(den, x, schedule, ts, i_start, update, callback, progress, return_intermediates, "Heun")
+    ts = check_loop_args(den, x, schedule, timesteps, i_start, generator, callback, kind=FlowSchedule,
+                         sampler="flow_heun")
+    loop = Loop(x, ts, i_start, progress, return_intermediates, "Heun")
+    for i, t, t_next in loop:
+        v1 = run_denoiser(den, x, schedule, t)
+        if callback is not None:
+            callback(i, t, x, schedule._predict_data(x, v1, t))
+        x_euler = schedule._step(x, v1, t, t_next)  # predictor: x + (t' - t) v1
+        if final_euler and t_next >= 1.0:
+            x = loop.keep(x_euler)
+            continue
+        v2 = run_denoiser(den, x_euler, schedule, t_next)
+        x = loop.keep(schedule._step(x, (v1 + v2) / 2, t, t_next))  # corrector: x + (t' - t) (v1 + v2) / 2
+    return loop.result(x)

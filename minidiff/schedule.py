@@ -27,10 +27,12 @@ clean image first:
 an earlier time of the forward process (x_t -> x_{t-1}); the flow runs its clock the other
 way, from noise at 0 to data at 1, so there t_prev > t.
 
-Each schedule also knows the range of its clean images, ``data_range``: (-1, 1) unless told
-(Ho et al. scale images to it, and so do IF and the flows of most papers); the MNIST models
-set (0, 1), the raw pixels the course trains on. The edits of ``minidiff.edit`` refuse an
-image outside it, which the schedule's arithmetic would otherwise turn into noise.
+Each schedule knows the range of its clean images, ``data_range``: (-1, 1) unless told (Ho et
+al., IF), (0, 1) for the MNIST models; the edits of ``minidiff.edit`` refuse an image outside it.
+
+Each public verb checks its arguments once, at the door, then runs its trusted core: the same
+name with a leading underscore (``_step``, ``_add_noise``, ``_predict_data``, ``_renoise``), the
+equation and nothing else. Samplers and edits check once and call the cores at every step.
 
 Tensors are (B, C, H, W) images in the examples, but any (B, ...) shape works. ``t`` is a
 Python number, a 0-d tensor or a (B,) tensor (one timestep per batch element). The
@@ -42,11 +44,13 @@ from __future__ import annotations
 
 from typing import Union
 
+import numpy as np
 import torch
 from torch import Generator, Tensor
 
-from minidiff.betas import cosine_betas, dynamic_threshold, linear_betas
-from minidiff.checks import batch_tensor, integer, real_number, same_shape, timestep_tensor, value_range
+from minidiff import checks, checks_sampling as check
+from minidiff.betas import _dynamic_threshold, cosine_betas, linear_betas
+from minidiff.checks import batch_tensor, integer, real_in, real_number, same_shape, value_range
 
 Timestep = Union[int, float, Tensor]
 MAX_STEPS = 100_000  # the longest timestep list built here: far past any use, far below a hang
@@ -55,68 +59,42 @@ __all__ = ["DDPMSchedule", "FlowSchedule", "check_schedule", "split_output", "st
 
 
 # ----------------------------------------------------------------------------------------
-# Helpers shared by both schedules: checks, timesteps, coefficients, noise
+# Helpers shared by both schedules
 # ----------------------------------------------------------------------------------------
-
-
-def _work_dtype(x: Tensor) -> torch.dtype:
-    """Schedule arithmetic runs in float32 (float64 for float64 inputs), whatever the model's dtype."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _per_sample(coef: Tensor, x: Tensor) -> Tensor:
     """coef (a scalar or (B,)) as a coefficient for x (B, ...): shaped to broadcast, on x's device,
-    in x's work dtype (guided-diffusion's _extract_into_tensor)."""
-    coef = coef.to(device=x.device, dtype=_work_dtype(x))
+    in x's work dtype, float32 or float64 for float64 x (guided-diffusion's _extract_into_tensor)."""
+    coef = coef.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     return coef if coef.ndim == 0 else coef.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def _operands(
-    schedule: "Schedule", x: Tensor, y: Tensor, t: Timestep, names: tuple[str, str]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The preamble of every conversion: check x (B, ...) and y of the same shape, look up
-    (a_t, b_t) of x_t = a_t data + b_t noise, and cast x and y to the work dtype.
-
-    Returns (a_t, b_t, x, y).
-    """
-    batch_tensor(x, names[0])
-    same_shape(x, y, *names)
-    a, b = schedule.signal_and_noise(t, x)
-    return a, b, x.to(a.dtype), y.to(a.dtype)
-
-
-def _noise(noise: Tensor | None, generator: Generator | None, like: Tensor) -> Tensor:
-    """The N(0, I) draw of a step: ``noise`` when given (checked against like's shape), else drawn from generator."""
+def _draw(noise: Tensor | None, generator: Generator | None, like: Tensor) -> Tensor:
+    """The N(0, I) draw of a step: ``noise`` when given, else drawn from generator."""
     if noise is None:
         return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-    same_shape(like, noise, "x_t", "noise")
     return noise
+
+
+def _door(x: Tensor, names: tuple[str, ...], *others: Tensor, noise: Tensor | None = None) -> None:
+    """The checks of a verb's tensors: x (B, ...) named names[0], the others (and noise if given) of its shape."""
+    batch_tensor(x, names[0])
+    for name, y in zip(names[1:], others):
+        same_shape(x, y, names[0], name)
+    if noise is not None:
+        same_shape(x, noise, names[0], "noise")
 
 
 def split_output(x_t: Tensor, model_output: Tensor) -> tuple[Tensor, Tensor | None]:
     """Split a model output for x_t (B, C, ...) into (prediction, variance values or None).
 
     C channels: the prediction only (eps or velocity). 2C channels: eps and IF's learned-range
-    variance values v in [-1, 1] (diffusers' variance_type="learned_range").
+    variance values v in [-1, 1] (diffusers' variance_type="learned_range"). Trusts its inputs
+    (``checks.model_output`` is the door's check).
     """
-    batch_tensor(x_t, "x_t")
-    if x_t.ndim < 2 or not isinstance(model_output, Tensor) or model_output.ndim != x_t.ndim:
-        raise ValueError(
-            f"x_t and model_output must both be (B, C, ...) tensors of the same rank, "
-            f"got shapes {tuple(x_t.shape)} and {tuple(getattr(model_output, 'shape', ()))}"
-        )
     c = x_t.shape[1]
-    same_rest = model_output.shape[0] == x_t.shape[0] and model_output.shape[2:] == x_t.shape[2:]
-    if same_rest and model_output.shape[1] == c:
-        return model_output, None
-    if same_rest and model_output.shape[1] == 2 * c:
-        eps, v = model_output.split(c, dim=1)
-        return eps, v
-    raise ValueError(
-        f"model_output must have x_t's shape {tuple(x_t.shape)} ({c} channels: eps or velocity) or "
-        f"{2 * c} channels (eps + learned-range variance), with x_t's batch and image size "
-        f"{tuple(x_t.shape[2:])}; got {tuple(model_output.shape)}"
-    )
+    return tuple(model_output.split(c, dim=1)) if model_output.shape[1] == 2 * c else (model_output, None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,27 +115,16 @@ class DDPMSchedule:
         sample_max_value: float = 1.0, clip_sample: bool = False, clip_sample_range: float = 1.0,
         data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
-        betas = torch.as_tensor(betas, dtype=torch.float32)
-        if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            bad = betas[~((betas > 0) & (betas < 1))][:3].tolist()
-            raise ValueError(f"every beta must lie in (0, 1), got e.g. {bad}")
-        if not 0.0 < real_number(dynamic_thresholding_ratio, "dynamic_thresholding_ratio") <= 1.0:
-            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio}")
-        if real_number(sample_max_value, "sample_max_value") < 1.0:
-            raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
-        real_number(clip_sample_range, "clip_sample_range", positive=True)
-        self.betas = betas
-        self.alphas = 1.0 - betas
+        self.betas = check.betas(betas)
+        self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         # ab at t = -1, 0, ..., T-1: t = -1 is the clean image (ab = 1), the end of a final step
         self._alphas_cumprod_from_clean = torch.cat([torch.ones(1), self.alphas_cumprod])
         self.thresholding = thresholding
-        self.dynamic_thresholding_ratio = dynamic_thresholding_ratio
-        self.sample_max_value = sample_max_value
+        self.dynamic_thresholding_ratio = real_in(dynamic_thresholding_ratio, "dynamic_thresholding_ratio", "(0, 1]")
+        self.sample_max_value = real_in(sample_max_value, "sample_max_value", "[1, inf)")
         self.clip_sample = clip_sample
-        self.clip_sample_range = clip_sample_range
+        self.clip_sample_range = real_number(clip_sample_range, "clip_sample_range", positive=True)
         self.data_range = value_range(data_range, "data_range")
 
     @classmethod
@@ -182,88 +149,26 @@ class DDPMSchedule:
     def __repr__(self) -> str:
         return f"DDPMSchedule(T={self.num_timesteps}, thresholding={self.thresholding}, clip_sample={self.clip_sample})"
 
-    # -- looking up ab_t ---------------------------------------------------------------------
+    # -- the trusted core: coefficients and the clean estimate ------------------------------
 
-    def _index(self, t: Timestep, batch: int, name: str = "t", allow_clean: bool = False) -> Tensor:
-        """t checked and as a long 0-d or (B,) tensor; allow_clean admits t = -1 (the clean image)."""
-        tt = timestep_tensor(t, batch, name)
-        if tt.is_floating_point() and not bool((tt.isfinite() & (tt == tt.round())).all()):
-            raise ValueError(f"{name} must hold integer DDPM timesteps in [0, {self.num_timesteps - 1}], got {tt}")
-        tt = tt.long()
-        low = -1 if allow_clean else 0
-        if bool((tt < low).any()) or bool((tt >= self.num_timesteps).any()):
-            what = "-1 (the clean image) or " if allow_clean else ""
-            raise ValueError(
-                f"{name} out of range: got {tt.tolist()}, need {what}an integer in "
-                f"[0, {self.num_timesteps - 1}] for a {self.num_timesteps}-step schedule"
-            )
-        return tt
+    def _t(self, t: Timestep, x: Tensor, name: str = "t", allow_clean: bool = False) -> Tensor:
+        """The door's check of a timestep: t as long indices (0-d or (B,)); -1 only with allow_clean."""
+        return check.ddpm_timestep(t, x.shape[0], self.num_timesteps, name, allow_clean)
 
-    def _extract(self, index: Tensor, x: Tensor) -> Tensor:
-        """ab_t = alphas_cumprod[index] as a coefficient for x (B, ...), with ab = 1 at index -1. The one lookup."""
-        table = self._alphas_cumprod_from_clean.to(index.device)
-        return _per_sample(table[index + 1], x)
+    def _ab(self, t: int | Tensor, x: Tensor) -> Tensor:
+        """ab_t = alphas_cumprod[t] as a coefficient for x (B, ...), with ab = 1 at t = -1. The one lookup."""
+        table = self._alphas_cumprod_from_clean
+        return _per_sample(table.to(t.device)[t + 1] if isinstance(t, Tensor) else table[t + 1], x)
 
-    def _stride(self, x: Tensor, t: Timestep, t_prev: Timestep) -> tuple[Tensor, Tensor, Tensor]:
-        """(t as indices, ab_t, ab_t') of the stride t -> t' = t_prev, for x (B, ...); needs -1 <= t' < t."""
-        t_index = self._index(t, x.shape[0])
-        prev_index = self._index(t_prev, x.shape[0], "t_prev", allow_clean=True)
-        if bool((prev_index >= t_index).any()):
-            raise ValueError(f"t_prev must be smaller than t, got t={t_index.tolist()}, t_prev={prev_index.tolist()}")
-        return t_index, self._extract(t_index, x), self._extract(prev_index, x)
+    @staticmethod
+    def _clean_estimate(x_t: Tensor, eps: Tensor, ab_t: Tensor) -> Tensor:
+        """x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), in ab_t's work dtype: the one clean estimate."""
+        return (x_t.to(ab_t.dtype) - (1 - ab_t).sqrt() * eps.to(ab_t.dtype)) / ab_t.sqrt()
 
-    def signal_and_noise(self, t: Timestep, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(a_t, b_t) = (sqrt(ab_t), sqrt(1 - ab_t)), the coefficients of x_t = a_t x0 + b_t eps."""
-        batch_tensor(x, "x")
-        ab = self._extract(self._index(t, x.shape[0]), x)
-        return ab.sqrt(), (1 - ab).sqrt()
-
-    # -- forward process and its inverses ----------------------------------------------------
-
-    def add_noise(self, x0: Tensor, noise: Tensor, t: Timestep) -> Tensor:
-        """Forward process q(x_t | x_0): x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
-        a, b, x0_w, noise_w = _operands(self, x0, noise, t, ("x0", "noise"))
-        return (a * x0_w + b * noise_w).to(x0.dtype)
-
-    def predict_x0(self, x_t: Tensor, eps: Tensor, t: Timestep) -> Tensor:
-        """Invert add_noise given the noise: x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
-        a, b, x_w, eps_w = _operands(self, x_t, eps, t, ("x_t", "eps"))
-        return ((x_w - b * eps_w) / a).to(x_t.dtype)
-
-    def predict_eps(self, x_t: Tensor, x0: Tensor, t: Timestep) -> Tensor:
-        """Invert add_noise given the image: eps_hat = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t)."""
-        a, b, x_w, x0_w = _operands(self, x_t, x0, t, ("x_t", "x0"))
-        return ((x_w - a * x0_w) / b).to(x_t.dtype)
-
-    def predict_data(self, x_t: Tensor, model_output: Tensor, t: Timestep) -> Tensor:
-        """The clean-image estimate from an eps-prediction (its first C channels when 2C)."""
-        eps, _ = split_output(x_t, model_output)
-        return self.predict_x0(x_t, eps, t)
-
-    def renoise(
-        self, x_prev: Tensor, t: Timestep, t_prev: Timestep, noise: Tensor | None = None,
-        generator: Generator | None = None,
-    ) -> Tensor:
-        """The forward transition q(x_t | x_{t'}) over a stride, taking x back from t' = t_prev to t:
-
-            x_t = sqrt(alpha_t) x_{t'} + sqrt(1 - alpha_t) z,     alpha_t = ab_t / ab_{t'},  z ~ N(0, I)
-
-        (RePaint's "jump back", which undoes a step t -> t' before taking it again.)
-        """
-        batch_tensor(x_prev, "x_prev")
-        _, ab_t, ab_prev = self._stride(x_prev, t, t_prev)
-        alpha = ab_t / ab_prev
-        z = _noise(noise, generator, x_prev).to(alpha.dtype)
-        return (alpha.sqrt() * x_prev.to(alpha.dtype) + (1 - alpha).sqrt() * z).to(x_prev.dtype)
-
-    # -- reverse steps ---------------------------------------------------------------------
-
-    def _clean_estimate(self, x_t: Tensor, eps: Tensor, ab_t: Tensor) -> Tensor:
-        """x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) in ab_t's work dtype (predict_x0 without
-        its checks, which the step has made), then IF's dynamic thresholding or clipping if asked for."""
-        x0_hat = (x_t.to(ab_t.dtype) - (1 - ab_t).sqrt() * eps.to(ab_t.dtype)) / ab_t.sqrt()
+    def _threshold(self, x0_hat: Tensor) -> Tensor:
+        """x0_hat through IF's dynamic thresholding or plain clipping, when the schedule asks for one."""
         if self.thresholding:
-            return dynamic_threshold(x0_hat, self.dynamic_thresholding_ratio, self.sample_max_value)
+            return _dynamic_threshold(x0_hat, self.dynamic_thresholding_ratio, self.sample_max_value)
         if self.clip_sample:
             return x0_hat.clamp(-self.clip_sample_range, self.clip_sample_range)
         return x0_hat
@@ -285,11 +190,71 @@ class DDPMSchedule:
         frac = (v.to(beta.dtype) + 1) / 2
         return (0.5 * (frac * beta.log() + (1 - frac) * posterior.log())).exp()
 
+    # -- forward process and its inverses ----------------------------------------------------
+
+    def signal_and_noise(self, t: Timestep, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(a_t, b_t) = (sqrt(ab_t), sqrt(1 - ab_t)), the coefficients of x_t = a_t x0 + b_t eps."""
+        ab = self._ab(self._t(t, batch_tensor(x, "x")), x)
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Timestep) -> Tensor:
+        """Forward process q(x_t | x_0): x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
+        _door(x0, ("x0", "noise"), noise)
+        return self._add_noise(x0, noise, self._t(t, x0))
+
+    def _add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
+        ab_t = self._ab(t, x0)
+        return (ab_t.sqrt() * x0.to(ab_t.dtype) + (1 - ab_t).sqrt() * noise.to(ab_t.dtype)).to(x0.dtype)
+
+    def predict_x0(self, x_t: Tensor, eps: Tensor, t: Timestep) -> Tensor:
+        """Invert add_noise given the noise: x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
+        _door(x_t, ("x_t", "eps"), eps)
+        return self._clean_estimate(x_t, eps, self._ab(self._t(t, x_t), x_t)).to(x_t.dtype)
+
+    def predict_data(self, x_t: Tensor, model_output: Tensor, t: Timestep) -> Tensor:
+        """The clean-image estimate from an eps-prediction (its first C channels when 2C)."""
+        checks.model_output(x_t, model_output)
+        return self._predict_data(x_t, model_output, self._t(t, x_t))
+
+    def _predict_data(self, x_t: Tensor, model_output: Tensor, t: int | Tensor) -> Tensor:
+        eps, _ = split_output(x_t, model_output)
+        return self._clean_estimate(x_t, eps, self._ab(t, x_t)).to(x_t.dtype)
+
+    def renoise(
+        self, x_prev: Tensor, t: Timestep, t_prev: Timestep, noise: Tensor | None = None,
+        generator: Generator | None = None,
+    ) -> Tensor:
+        """The forward transition q(x_t | x_{t'}) over a stride, taking x back from t' = t_prev to t:
+
+            x_t = sqrt(alpha_t) x_{t'} + sqrt(1 - alpha_t) z,     alpha_t = ab_t / ab_{t'},  z ~ N(0, I)
+
+        (RePaint's "jump back", which undoes a step t -> t' before taking it again.)
+        """
+        t, t_prev = self._check_stride(x_prev, t, t_prev, noise, "x_prev")
+        return self._renoise(x_prev, t, t_prev, noise, generator)
+
+    def _renoise(self, x_prev: Tensor, t: int | Tensor, t_prev: int | Tensor, noise: Tensor | None = None,
+                 generator: Generator | None = None) -> Tensor:
+        alpha_t = self._ab(t, x_prev) / self._ab(t_prev, x_prev)
+        z = _draw(noise, generator, x_prev).to(alpha_t.dtype)
+        return (alpha_t.sqrt() * x_prev.to(alpha_t.dtype) + (1 - alpha_t).sqrt() * z).to(x_prev.dtype)
+
+    # -- reverse steps ---------------------------------------------------------------------
+
+    def _check_stride(self, x: Tensor, t: Timestep, t_prev: Timestep, noise: Tensor | None,
+                      name: str = "x_t") -> tuple[Tensor, Tensor]:
+        """The door of a stride t -> t_prev: x (B, ...), -1 <= t_prev < t, noise of x's shape; returns (t, t_prev)."""
+        t, t_prev = self._t(t, batch_tensor(x, name)), self._t(t_prev, x, "t_prev", allow_clean=True)
+        check.step_order(t, t_prev, flow=False)
+        _door(x, (name,), noise=noise)
+        return t, t_prev
+
     def step(
         self, x_t: Tensor, model_output: Tensor, t: Timestep, t_prev: Timestep, noise: Tensor | None = None,
         generator: Generator | None = None,
     ) -> Tensor:
-        """One strided DDPM step t -> t_prev (Ho et al., 2020, eq. 7 over a stride; the course's update).
+        """One strided DDPM step t -> t_prev (Ho et al., 2020, eq. 7 over a stride; the course's update),
+        ``_step`` after the door's checks:
 
             x0_hat  = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
             x_{t'}  = sqrt(ab_{t'}) beta_t / (1 - ab_t) * x0_hat
@@ -300,46 +265,34 @@ class DDPMSchedule:
         steps to the clean image (ab = 1). Noise is added wherever t > 0. ``noise`` is the z
         to use (else it is drawn from ``generator``).
         """
+        checks.model_output(x_t, model_output)
+        t, t_prev = self._check_stride(x_t, t, t_prev, noise)
+        return self._step(x_t, model_output, t, t_prev, noise, generator)
+
+    def _step(self, x_t: Tensor, model_output: Tensor, t: int | Tensor, t_prev: int | Tensor,
+              noise: Tensor | None = None, generator: Generator | None = None) -> Tensor:
+        """The strided DDPM step (eq. 7) on trusted arguments; the sampler loops call it at every step."""
         eps, v = split_output(x_t, model_output)
-        t_index, ab_t, ab_prev = self._stride(x_t, t, t_prev)
-        alpha = ab_t / ab_prev
-        beta = 1 - alpha
-        x0_hat = self._clean_estimate(x_t, eps, ab_t)
-        x_w = x_t.to(ab_t.dtype)
-        mean = ab_prev.sqrt() * beta / (1 - ab_t) * x0_hat + alpha.sqrt() * (1 - ab_prev) / (1 - ab_t) * x_w
-        z = _noise(noise, generator, x_t).to(ab_t.dtype)
-        noisy = _per_sample(t_index > 0, x_t)
+        ab_t, ab_prev = self._ab(t, x_t), self._ab(t_prev, x_t)
+        alpha_t = ab_t / ab_prev
+        beta_t = 1 - alpha_t
+        x0_hat = self._threshold(self._clean_estimate(x_t, eps, ab_t))
+        mean = (ab_prev.sqrt() * beta_t / (1 - ab_t) * x0_hat
+                + alpha_t.sqrt() * (1 - ab_prev) / (1 - ab_t) * x_t.to(ab_t.dtype))
+        z = _draw(noise, generator, x_t).to(ab_t.dtype)
+        noisy = _per_sample(torch.as_tensor(t) > 0, x_t)  # no noise on the step from t = 0
         return (mean + noisy * self._sigma(ab_t, ab_prev, v) * z).to(x_t.dtype)
-
-    def ddim_step(
-        self, x_t: Tensor, model_output: Tensor, t: Timestep, t_prev: Timestep, eta: float = 0.0,
-        noise: Tensor | None = None, generator: Generator | None = None,
-    ) -> Tensor:
-        """One DDIM step t -> t_prev (Song, Meng & Ermon, 2021, eq. 12).
-
-            x0_hat  = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
-            sigma   = eta * sqrt(beta~_t),   beta~_t = (1 - ab_{t'}) / (1 - ab_t) (1 - ab_t / ab_{t'})
-            x_{t'}  = sqrt(ab_{t'}) x0_hat + sqrt(1 - ab_{t'} - sigma^2) eps + sigma z
-
-        eta = 0 is deterministic: it re-noises the clean estimate with the very noise the model
-        predicted, x_{t'} = add_noise(x0_hat, eps, t'). eta = 1 has DDPM's posterior variance.
-        Uses the first C channels of a 2C output (DDIM has no learned variance) and the
-        schedule's thresholding/clipping of x0_hat, as diffusers' DDIMScheduler does.
-        """
-        eta = real_number(eta, "eta", nonnegative=True)
-        eps, _ = split_output(x_t, model_output)
-        _, ab_t, ab_prev = self._stride(x_t, t, t_prev)
-        x0_hat = self._clean_estimate(x_t, eps, ab_t)
-        sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
-        x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps.to(ab_t.dtype)
-        if eta > 0:
-            x_prev = x_prev + sigma * _noise(noise, generator, x_t).to(ab_t.dtype)
-        return x_prev.to(x_t.dtype)
 
 
 # ----------------------------------------------------------------------------------------
 # Flow matching
 # ----------------------------------------------------------------------------------------
+
+FLOW_GRIDS = {  # u = i / num_steps in [0, 1] -> where the time grid puts step i
+    "uniform": lambda u, power: u,
+    "late": lambda u, power: 1 - (1 - u) ** power,  # denser near the data end t -> 1
+    "early": lambda u, power: u**power,  # denser near the noise end t -> 0
+}
 
 
 class FlowSchedule:
@@ -362,28 +315,38 @@ class FlowSchedule:
         return "FlowSchedule()" if self.data_range == (-1.0, 1.0) else f"FlowSchedule(data_range={self.data_range})"
 
     @staticmethod
-    def _time(t: Timestep, x: Tensor, name: str = "t") -> Tensor:
-        """t checked to lie in [0, 1], as a coefficient for x (B, ...)."""
-        batch_tensor(x, "x")
-        tt = _per_sample(timestep_tensor(t, x.shape[0], name), x)
-        if bool(((tt < 0) | (tt > 1)).any()) or bool(tt.isnan().any()):
-            raise ValueError(f"flow-matching {name} must lie in [0, 1], got {tt.flatten().tolist()}")
-        return tt
+    def _t(t: Timestep, x: Tensor, name: str = "t") -> Tensor:
+        """The door's check of a time: t in [0, 1], as a 0-d or (B,) tensor."""
+        return check.flow_time(t, batch_tensor(x, "x").shape[0], name)
+
+    @staticmethod
+    def _time(t: float | Tensor, x: Tensor) -> Tensor:
+        """t (a number, or a 0-d or (B,) tensor) as a coefficient for x (B, ...). A number goes through
+        float32, as the time a denoiser receives does, so that every verb sees the same t."""
+        return _per_sample(torch.as_tensor(t), x)
 
     def signal_and_noise(self, t: Timestep, x: Tensor) -> tuple[Tensor, Tensor]:
         """(a_t, b_t) = (t, 1 - t), the coefficients of x_t = t x1 + (1 - t) x0."""
-        tt = self._time(t, x)
+        tt = self._time(self._t(t, x), x)
         return tt, 1 - tt
 
     def add_noise(self, x1: Tensor, x0: Tensor, t: Timestep) -> Tensor:
         """The path: x_t = (1 - t) x0 + t x1 (data x1 first, noise x0 second, like DDPM's add_noise)."""
-        a, b, x1_w, x0_w = _operands(self, x1, x0, t, ("x1", "x0"))
-        return (a * x1_w + b * x0_w).to(x1.dtype)
+        _door(x1, ("x1", "x0"), x0)
+        return self._add_noise(x1, x0, self._t(t, x1))
+
+    def _add_noise(self, x1: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
+        tt = self._time(t, x1)
+        return (tt * x1.to(tt.dtype) + (1 - tt) * x0.to(tt.dtype)).to(x1.dtype)
 
     def predict_data(self, x_t: Tensor, model_output: Tensor, t: Timestep) -> Tensor:
         """The clean-image estimate from a velocity: x1_hat = x_t + (1 - t) v."""
-        _, b, x_w, v_w = _operands(self, x_t, model_output, t, ("x_t", "model_output"))
-        return (x_w + b * v_w).to(x_t.dtype)
+        _door(x_t, ("x_t", "model_output"), model_output)
+        return self._predict_data(x_t, model_output, self._t(t, x_t))
+
+    def _predict_data(self, x_t: Tensor, v: Tensor, t: float | Tensor) -> Tensor:
+        tt = self._time(t, x_t)
+        return (x_t.to(tt.dtype) + (1 - tt) * v.to(tt.dtype)).to(x_t.dtype)
 
     def renoise(
         self, x_prev: Tensor, t: Timestep, t_prev: Timestep, noise: Tensor | None = None,
@@ -395,14 +358,17 @@ class FlowSchedule:
 
         which keeps x_t = t x1 + (1 - t) (fresh noise) when x_{t'} = t' x1 + (1 - t') (noise).
         """
-        t_now, t_to = self._time(t, x_prev), self._time(t_prev, x_prev, "t_prev")
-        if bool((t_to <= t_now).any()):
-            raise ValueError(
-                f"t_prev must be larger than t for the flow (it runs from 0 to 1), got t={t}, t_prev={t_prev}"
-            )
+        t, t_prev = self._t(t, x_prev), self._t(t_prev, x_prev, "t_prev")
+        check.step_order(t, t_prev, flow=True)
+        _door(x_prev, ("x_prev",), noise=noise)
+        return self._renoise(x_prev, t, t_prev, noise, generator)
+
+    def _renoise(self, x_prev: Tensor, t: float | Tensor, t_prev: float | Tensor, noise: Tensor | None = None,
+                 generator: Generator | None = None) -> Tensor:
+        t_now, t_to = self._time(t, x_prev), self._time(t_prev, x_prev)
         keep = t_now / t_to
         extra = ((1 - t_now) ** 2 - (keep * (1 - t_to)) ** 2).clamp(min=0).sqrt()
-        z = _noise(noise, generator, x_prev).to(keep.dtype)
+        z = _draw(noise, generator, x_prev).to(keep.dtype)
         return (keep * x_prev.to(keep.dtype) + extra * z).to(x_prev.dtype)
 
     def step(
@@ -413,25 +379,45 @@ class FlowSchedule:
 
         The flow is deterministic, so ``noise`` and ``generator`` are accepted and ignored.
         """
-        t_now, _, x_w, v_w = _operands(self, x_t, model_output, t, ("x_t", "model_output"))
-        return (x_w + (self._time(t_prev, x_t, "t_prev") - t_now) * v_w).to(x_t.dtype)
+        _door(x_t, ("x_t", "model_output"), model_output)
+        return self._step(x_t, model_output, self._t(t, x_t), self._t(t_prev, x_t, "t_prev"))
+
+    def _step(self, x_t: Tensor, v: Tensor, t: float | Tensor, t_prev: float | Tensor,
+              noise: Tensor | None = None, generator: Generator | None = None) -> Tensor:
+        """Euler's x_{t'} = x_t + (t' - t) v on trusted arguments; the flow samplers call it at every step."""
+        t_now, t_to = self._time(t, x_t), self._time(t_prev, x_t)
+        return (x_t.to(t_now.dtype) + (t_to - t_now) * v.to(t_now.dtype)).to(x_t.dtype)
 
     @staticmethod
-    def timesteps(num_steps: int, t_start: float = 0.0, t_end: float = 1.0) -> list[float]:
-        """num_steps + 1 evenly spaced times from t_start to t_end (the Euler grid)."""
+    def timesteps(num_steps: int, t_start: float = 0.0, t_end: float = 1.0, *, grid: str = "uniform",
+                  power: float = 1.5) -> list[float]:
+        """num_steps + 1 increasing times from t_start (noise) to t_end (data): the one flow time grid.
+
+            t_i = t_start + (t_end - t_start) * w(i / num_steps)
+
+        with w(u) = u for the "uniform" (Euler) grid, 1 - (1 - u)^power for "late" (denser near
+        the data end, where a guided velocity field bends most) and u^power for "early".
+        """
         num_steps = integer(num_steps, "num_steps", minimum=1, maximum=MAX_STEPS)
-        if not 0.0 <= real_number(t_start, "t_start") < real_number(t_end, "t_end") <= 1.0:
-            raise ValueError(f"need 0 <= t_start < t_end <= 1, got {t_start}, {t_end}")
-        return torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64).tolist()
+        t_start, t_end = real_number(t_start, "t_start"), real_number(t_end, "t_end")
+        power = real_number(power, "power", positive=True)
+        if not 0.0 <= t_start < t_end <= 1.0 or grid not in FLOW_GRIDS:
+            raise ValueError(f"need 0 <= t_start < t_end <= 1, got {t_start}, {t_end}" if grid in FLOW_GRIDS else
+                             f"unknown time grid {grid!r}; choose {', '.join(FLOW_GRIDS)}")
+        warp = FLOW_GRIDS[grid]
+        return [t_start + (t_end - t_start) * warp(i / num_steps, power) for i in range(num_steps + 1)]
 
 
 Schedule = Union[DDPMSchedule, FlowSchedule]
 
 
-def check_schedule(schedule: object) -> None:
-    """ValueError unless schedule is a DDPMSchedule or a FlowSchedule (what samplers and edits drive)."""
-    if not isinstance(schedule, (DDPMSchedule, FlowSchedule)):
+def check_schedule(schedule: object, kind: type | None = None, sampler: str = "") -> None:
+    """ValueError unless schedule is a DDPMSchedule or a FlowSchedule (what samplers and edits drive),
+    or of ``kind`` for a ``sampler`` that integrates one kind only."""
+    if not isinstance(schedule, kind or (DDPMSchedule, FlowSchedule)):
+        others = "flow_euler or flow_heun" if kind is DDPMSchedule else "iterative_denoise or ddim"
         raise ValueError(
+            f"{sampler} needs a {kind.__name__}, got {schedule!r:.60}; for that schedule use {others}" if kind else
             f"schedule must be a DDPMSchedule or a FlowSchedule (from minidiff.schedule), got {schedule!r:.80}"
         )
 
@@ -441,19 +427,22 @@ def check_schedule(schedule: object) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def strided_timesteps(start: int = 990, stride: int = 30, end: int = 0) -> list[int]:
+def strided_timesteps(start: int = 990, stride: int = 30, end: int = 0, *, steps: int | None = None) -> list[int]:
     """The course's strided schedule: [start, start - stride, ..., end], strictly decreasing.
 
     With the defaults, [990, 960, ..., 30, 0] (34 steps); index i_start = 1, 3, 5, 7, 10, 20
     maps to t = 960, 900, 840, 780, 690, 390 (``timesteps.index(t)`` goes back). The last
     entry is always ``end`` (appended when stride does not divide start - end).
+
+    Given ``steps`` (in [1, start - end + 1]) instead of a stride: that many timesteps evenly
+    spaced from start to end, each rounded to the nearest integer (a fractional stride).
     """
-    start, end = integer(start, "start", minimum=0, maximum=MAX_STEPS), integer(end, "end", minimum=0)
-    stride = integer(stride, "stride")
-    if stride <= 0:
-        raise ValueError(f"stride must be a positive int, got {stride}")
-    if start < end:
-        raise ValueError(f"need 0 <= end <= start, got start={start}, end={end}")
+    start = integer(start, "start", minimum=0, maximum=MAX_STEPS)
+    end = integer(end, "end", minimum=0, maximum=start, why="need 0 <= end <= start")
+    if steps is not None:
+        steps = integer(steps, "steps", minimum=1, maximum=start - end + 1)
+        return sorted({round(v) for v in np.linspace(start, end, steps).tolist()}, reverse=True)
+    stride = integer(stride, "stride", minimum=1, why="a stride must be a positive int")
     ts = list(range(start, end - 1, -stride))
     if ts[-1] != end:
         ts.append(end)

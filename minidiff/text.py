@@ -10,7 +10,8 @@ padded positions keep the encoder's outputs (they are not zeroed), as in diffuse
 T5-XXL is 4.8B parameters (9.5 GB in fp16), so embeddings are computed once and kept in
 a cache, a safetensors file mapping each prompt to its (77, 4096) tensor; lessons read
 the cache and never load T5 twice. The course's precomputed ``prompt_embeds_dict.pth``
-(a dict prompt -> (1, 77, 4096)) can be read too.
+(a dict prompt -> (1, 77, 4096)) can be read too, and copied into the cache with
+``minidiff embed --from prompt_embeds_dict.pth``.
 
     minidiff embed "an oil painting of a snowy mountain village" "a rocket ship"
     embeds = prompt_embeddings(["a rocket ship", ""])        # (2, 77, 4096), from the cache
@@ -18,7 +19,6 @@ the cache and never load T5 twice. The course's precomputed ``prompt_embeds_dict
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -38,7 +38,6 @@ __all__ = [
     "save_embedding_cache",
     "load_prompt_embeds_dict",
     "prompt_embeddings",
-    "cli_embed",
 ]
 
 MAX_LENGTH = 77
@@ -286,20 +285,3 @@ def _not_cached(missing: Sequence[str], cache: str | os.PathLike | None) -> str:
 def _missing(prompts: Sequence[str], known: Mapping[str, torch.Tensor]) -> list[str]:
     """The distinct prompts without an embedding in ``known``, in order."""
     return [p for p in dict.fromkeys(prompts) if p not in known]
-
-
-def cli_embed(args: argparse.Namespace) -> int:
-    """`minidiff embed PROMPT... [--t5 DIR_OR_ID] [--cache FILE] [--device DEV]`.
-
-    ``prompt_embeddings`` of the prompts, saying which were new and which already cached.
-    """
-    cache = Path(args.cache) if args.cache else default_cache_path()
-    prompts = _check_prompts(args.prompts)
-    new = _missing(prompts, load_embedding_cache(cache))
-    if new:
-        print(f"encoding {len(new)} prompt(s) with T5 ({args.t5 or DEFAULT_T5}) ...")
-    prompt_embeddings(prompts, cache=cache, t5=args.t5, device=args.device)
-    for p in prompts:
-        print(f"{'new   ' if p in new else 'cached'} {p!r}")
-    print(f"{len(load_embedding_cache(cache))} prompt(s) in {cache}")
-    return 0

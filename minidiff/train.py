@@ -1,8 +1,9 @@
 """Part B training: one loop for every recipe, with progress bars, logs and resumable checkpoints.
 
-What a recipe trains and its loss live in ``minidiff.recipes``; what a run writes (atomic
-checkpoints, config.json, loss.csv, snapshots, the resume state) lives in
-``minidiff.run_folder``. This module is the loop between them: Adam, optionally with the
+What a recipe trains lives in ``minidiff.recipes`` and its loss in ``minidiff.losses``; what a
+run writes (atomic checkpoints, config.json, loss.csv, snapshots, the resume state) lives in
+``minidiff.run_folder``, ``run_log`` and ``run_lock``. This module is the loop between them, with
+the one place a process's rows of the batch are cut (``batch_loss``): Adam, optionally with the
 course's exponential decay lr_k = lr * gamma^(k / K), gamma = 0.1^(1 / epochs), over steps k
 with K steps per epoch, and, for recipes with ema_decay, an average of the weights
 (``recipes.ema_update``) that the run saves as its model, with BatchNorm statistics
@@ -20,11 +21,9 @@ import copy
 import functools
 import math
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 import torch
 from torch import nn
@@ -36,26 +35,21 @@ from minidiff.checks import integer
 from minidiff.data import training_set
 from minidiff.recipes import (
     RECIPES,
-    batch_loss,
     build_from_config,
     check_train_config,
     ema_update,
+    loss_of,
     recipe_config,
     recompute_batchnorm,
     schedule_of,
+    training_example,
 )
-from minidiff.run_folder import (
-    RunFolder,
-    check_new_run,
-    data_fingerprint,
-    delete_run,
-    open_loss_log,
-    owned_run_folder,
-    plot_loss,
-    saved_step,
-)
+from minidiff.run_folder import RunFolder, check_new_run, data_fingerprint, delete_run
+from minidiff.run_lock import owned_run_folder
+from minidiff.run_log import open_loss_log, plot_loss
+from minidiff.schedule import DDPMSchedule, FlowSchedule
 
-__all__ = ["RECIPES", "recipe_config", "train", "cli_train"]
+__all__ = ["RECIPES", "recipe_config", "train"]
 
 
 def _check_data(data: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +111,14 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _lr_at(cfg: dict[str, Any], step: int, steps_per_epoch: int) -> float:
-    """lr * gamma^(step / steps_per_epoch), gamma = 0.1^(1 / epochs), with lr_decay; else lr."""
-    if not cfg["lr_decay"]:
-        return float(cfg["lr"])
-    gamma = 0.1 ** (1.0 / cfg["epochs"])
-    return float(cfg["lr"]) * gamma ** (step / steps_per_epoch)
+def _set_lr(opt: torch.optim.Optimizer, cfg: dict[str, Any], step: int, steps_per_epoch: int) -> float:
+    """Set and return the lr of `step`: with lr_decay lr * gamma^(step / steps_per_epoch), gamma = 0.1^(1 / epochs)."""
+    lr = float(cfg["lr"])
+    if cfg["lr_decay"]:
+        lr *= (0.1 ** (1.0 / cfg["epochs"])) ** (step / steps_per_epoch)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def _parallel(model: nn.Module, procs: distributed.Processes, device: torch.device) -> nn.Module:
@@ -176,10 +172,59 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
         distributed.stop()
 
 
+def batch_loss(cfg: dict[str, Any], model: nn.Module, schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor,
+               y: torch.Tensor, generator: torch.Generator, rows: slice | None = None) -> torch.Tensor:
+    """The loss of cfg's recipe on one global batch (images x (B, 1, 28, 28), labels y (B,)), on this process's rows.
+
+    The randomness is drawn for all B rows, as one process draws it (``recipes.training_example``);
+    with several processes this one then keeps its rows (``distributed.rows``): the one place they are cut.
+    """
+    inputs, target = training_example(cfg, schedule, x, y, generator)
+    if rows is not None:
+        inputs, target = tuple(a[rows] for a in inputs), target[rows]
+    return loss_of(cfg, model(*inputs), target)
+
+
+def _fresh_state(cfg: dict[str, Any], device: torch.device
+                 ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module | None]:
+    """(the model, its Adam, and with cfg's ema_decay the average of its weights that the run ships, else None)."""
+    model = _seeded_model(cfg, device)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.get("ema_decay") else None
+    return model, opt, ema
+
+
+def _shipped_average(ema: nn.Module | None, cfg: dict[str, Any], schedule: DDPMSchedule | FlowSchedule | None,
+                     x: torch.Tensor, y: torch.Tensor) -> Callable[[int], nn.Module] | None:
+    """step -> what a checkpoint after `step` steps holds as the model when there is an average (None without one).
+
+    A copy of the average with BatchNorm statistics of its own (``recompute_batchnorm``), made once
+    per step (a snapshot, a checkpoint and the end can fall on one step). The average in training
+    keeps the copied statistics (the next ema_update overwrites them anyway), so saving changes
+    nothing that resume depends on.
+    """
+    if ema is None:
+        return None
+    return functools.lru_cache(maxsize=1)(lambda step: recompute_batchnorm(copy.deepcopy(ema), cfg, schedule, x, y))
+
+
+def _save_when_due(run: RunFolder, model: nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator,
+                   average: Callable[[int], nn.Module] | None, done: int, stop: int, log: TextIO, t0: float) -> None:
+    """After `done` steps (rank 0): the epoch's snapshot if it is one of snapshot_epochs, and a checkpoint every
+    save_every steps (the last step's is saved after the loop). average: ``_shipped_average``'s, or None."""
+    cfg, steps_per_epoch = run.config, run.steps_per_epoch
+    if done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
+        run.save_snapshot(model if average is None else average(done), done, time.perf_counter() - t0)
+    if done % cfg["save_every"] == 0 and done < stop:
+        log.flush()  # loss.csv holds every row up to the checkpoint
+        run.save(model, opt, generator, done, time.perf_counter() - t0, None if average is None else average(done))
+
+
 def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tensor] | None,
            resume: bool, device: torch.device, progress: bool, max_steps: int | None, command: str | None,
            overwrite: bool, amp: str | None, procs: distributed.Processes) -> nn.Module:
-    """train() once the processes are known and rank 0 owns `out`: rank 0 alone writes; every rank trains its rows."""
+    """train() once the processes are known and rank 0 (which alone writes) owns `out`. Each step: the batch in the
+    epoch's order, the lr, the loss on this process's rows, the update and average, the log, a checkpoint when due."""
     rows = distributed.rows(procs, cfg["batch_size"])
     writes = procs.is_main
     old_run = [] if resume or not writes else check_new_run(out, overwrite)
@@ -188,33 +233,16 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
     steps_per_epoch, total_steps = _step_counts(cfg, n)
     run = RunFolder(out, {**cfg, "train_images": n, "data_sha256": data_fingerprint(x_all, y_all)},
                     steps_per_epoch, command, world_size=procs.world_size, amp=amp)
-    model = _seeded_model(cfg, device)
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
-    decay = cfg.get("ema_decay", 0.0)
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if decay else None  # what the run ships, if set
+    model, opt, ema = _fresh_state(cfg, device)
     schedule = schedule_of(cfg)
     generator = torch.Generator().manual_seed(cfg["seed"])  # every draw of the losses: noise, t, class drop
     start_step, wall_before = run.resume(model, opt, generator, ema) if resume else (0, 0.0)
     net = _parallel(model, procs, device)  # after resume: DDP starts from the loaded weights
-
-    shipped_at: dict[int, nn.Module] = {}
-
-    def shipped(step: int) -> nn.Module:
-        """What a checkpoint after `step` steps holds as the model when there is an average: a
-        copy of it with BatchNorm statistics of its own, made once per step (a snapshot, a
-        checkpoint and the end can fall on one step). The average in training keeps the copied
-        statistics (the next ema_update overwrites them anyway), so saving changes nothing that
-        resume depends on."""
-        if step not in shipped_at:
-            shipped_at.clear()
-            shipped_at[step] = recompute_batchnorm(copy.deepcopy(ema), cfg, schedule, x_all, y_all)
-        return shipped_at[step]
-
-    # Every check passed: only now is anything written or deleted.
-    if writes:
+    if writes:  # every check passed: only now is anything written or deleted
         delete_run(old_run)
         out.mkdir(parents=True, exist_ok=True)
     x_all, y_all = x_all.to(device), y_all.to(device)
+    average = _shipped_average(ema, cfg, schedule, x_all, y_all)
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
     log, writer = open_loss_log(out / "loss.csv" if writes else None, start_step)
@@ -226,9 +254,7 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
         for step in bar:
             epoch, i = divmod(step, steps_per_epoch)
             idx = _epoch_order(cfg["seed"], epoch, n)[i * batch : (i + 1) * batch].to(device)
-            lr = _lr_at(cfg, step, steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = _set_lr(opt, cfg, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
                 loss = batch_loss(cfg, net, schedule, x_all[idx], y_all[idx], generator, rows)
             value = distributed.mean_over_processes(loss, procs)  # the global batch's loss, on every rank
@@ -238,108 +264,16 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
             loss.backward()
             opt.step()
             if ema is not None:
-                ema_update(ema, model, decay, step)
+                ema_update(ema, model, cfg["ema_decay"], step)
             writer.writerow([step, epoch, f"{lr:.6g}", f"{value:.8g}"])
             bar.set_postfix(loss=f"{value:.4f}", epoch=epoch + 1)
-            done = step + 1
-            if writes and done % steps_per_epoch == 0 and done // steps_per_epoch in cfg["snapshot_epochs"]:
-                run.save_snapshot(model if ema is None else shipped(done), done, time.perf_counter() - t0)
-            if writes and done % cfg["save_every"] == 0 and done < stop:
-                log.flush()  # loss.csv holds every row up to the checkpoint
-                run.save(model, opt, generator, done, time.perf_counter() - t0, None if ema is None else shipped(done))
+            if writes:
+                _save_when_due(run, model, opt, generator, average, step + 1, stop, log, t0)
     finally:
         log.close()
         bar.close()
-    final = model.eval() if ema is None else shipped(stop)
+    final = model.eval() if average is None else average(stop)
     if writes:
-        run.save(model, opt, generator, stop, time.perf_counter() - t0, None if ema is None else final)
+        run.save(model, opt, generator, stop, time.perf_counter() - t0, None if average is None else final)
         plot_loss(out)
     return final
-
-
-def _parse_epochs(text: str | None) -> list[int] | None:
-    """--snapshot-epochs "1,5" -> [1, 5] ("" -> [], no snapshots); ValueError naming the flag for anything else."""
-    if text is None:
-        return None
-    try:
-        return [int(e) for e in text.split(",") if e.strip()]
-    except ValueError:
-        raise ValueError(f"--snapshot-epochs takes whole epochs separated by commas, such as 1,5 "
-                         f"(or '' for none), got {text!r}") from None
-
-
-def _train_words(args) -> list[str]:
-    """The words after `minidiff train` of this run's command: as typed, or (main() called with a list) from args."""
-    if sys.argv[1:2] == ["train"]:
-        return sys.argv[2:]
-    words = [args.recipe]
-    for key, value in vars(args).items():
-        if key not in ("recipe", "command", "func") and value is not None and value is not False:
-            words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return words
-
-
-def _launcher() -> str:
-    """How this process was started: `minidiff`, `python -m minidiff`, or torchrun on one machine."""
-    module = os.path.basename(sys.argv[0]) == "__main__.py"
-    procs = distributed.from_environment()
-    if procs.parallel:
-        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(procs.world_size))
-        if per_node != str(procs.world_size):  # several machines: each restarts with its own torchrun line
-            return "torchrun ... -m minidiff"
-        return f"torchrun --nproc_per_node {per_node} -m minidiff"
-    return "python -m minidiff" if module else "minidiff"
-
-
-def _is_flag(word: str, flag: str) -> bool:
-    """Whether a command-line word is `flag` or an abbreviation of it (argparse takes unique prefixes)."""
-    return word.startswith("--") and len(word) > 2 and flag.startswith(word)
-
-
-def _with_flag(words: list[str], flag: str, instead_of: str) -> list[str]:
-    """words with `flag` (added if missing) and without `instead_of`: --resume for --overwrite, or back."""
-    kept = [w for w in words if not _is_flag(w, instead_of)]
-    return kept if any(_is_flag(w, flag) for w in kept) else kept + [flag]
-
-
-def _interrupted(args) -> str:
-    """The one line a Ctrl-C leaves: what is kept in --out and the command that goes on from it."""
-    words, kept = _train_words(args), saved_step(args.out)
-    if kept is None:  # a partial loss.csv may be there: --overwrite starts over whatever is left
-        return (f"interrupted before the first checkpoint, so there is nothing to resume; start again with: "
-                f"{_launcher()} train {shlex.join(_with_flag(words, '--overwrite', '--resume'))}")
-    step, epochs = kept
-    return (f"interrupted; the checkpoint of step {step} (epoch {epochs:g}) in {args.out} is intact; "
-            f"resume it with: {_launcher()} train {shlex.join(_with_flag(words, '--resume', '--overwrite'))}")
-
-
-def cli_train(args) -> int:
-    """`minidiff train <recipe> --out DIR [...]`: every setting is checked before the data is read.
-
-    Ctrl-C stops the run with one line (exit code 130, as a shell reports SIGINT) that names the
-    checkpoint kept and the command that resumes it, instead of a KeyboardInterrupt traceback.
-    """
-    cfg = recipe_config(
-        args.recipe,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        save_every=args.save_every,
-        snapshot_epochs=_parse_epochs(args.snapshot_epochs),
-        data=args.data,
-        ema_decay=args.ema,
-        time_power=args.time_power,
-        train_data="train split (train-* or train5k-*) + t10k[:8000]; held out: t10k[8000:]",
-        **({"num_hiddens": args.hidden} if args.recipe != "judge" else {"width": args.hidden}),
-    )
-    command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
-    try:
-        train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
-              amp=args.amp)
-    except KeyboardInterrupt:
-        if distributed.from_environment().is_main:  # one line per run, not one per process
-            print(f"minidiff train: {_interrupted(args)}", file=sys.stderr)
-        return 130
-    print(f"saved {cfg['recipe']} model to {args.out}")
-    return 0

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from minidiff.checks import image_batch, integer
+from minidiff.checks import image_batch, integer, one_of, square_image
 
 __all__ = ["View", "get_view", "VIEW_NAMES", "patch_permutation_view", "jigsaw_view"]
 
@@ -52,8 +52,8 @@ def _checked(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tens
 
 def _rot(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        if k % 2 and x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"a 90-degree rotation needs a square image x, got {x.shape[-2]}x{x.shape[-1]}")
+        if k % 2:
+            square_image(x, "a 90-degree rotation")
         return torch.rot90(x, k, dims=(-2, -1))
 
     return rotate
@@ -67,11 +67,11 @@ def _square_pixel_permutation(size: int, perm_of_cells: torch.Tensor, cell: int)
     return moved.reshape(n, n, cell, cell).permute(0, 2, 1, 3).reshape(-1)
 
 
-def _permutation_view(name: str, make_index: Callable[[int, int], torch.Tensor]) -> View:
+def _permutation_view(name: str, make_index: Callable[[torch.Tensor], torch.Tensor]) -> View:
     """A view that permutes pixels by a flat index map built for the image's (H, W)."""
 
     def index_for(x: torch.Tensor) -> torch.Tensor:
-        return make_index(x.shape[-2], x.shape[-1]).to(x.device)
+        return make_index(x).to(x.device)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         idx = index_for(x)
@@ -92,11 +92,9 @@ def patch_permutation_view(patch_size: int = 8, seed: int = 0) -> View:
     """Cut the image into patch_size x patch_size squares and shuffle them (seeded)."""
     patch_size, seed = integer(patch_size, "patch_size", minimum=1), integer(seed, "seed", minimum=0)
 
-    def make_index(h: int, w: int) -> torch.Tensor:
-        if h != w or h % patch_size:
-            raise ValueError(
-                f"patch_permute needs a square image whose side is a multiple of patch_size={patch_size}, got {h}x{w}"
-            )
+    def make_index(x: torch.Tensor) -> torch.Tensor:
+        square_image(x, "patch_permute", patch_size, "patch_size")
+        h = x.shape[-1]
         n = (h // patch_size) ** 2
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         return _square_pixel_permutation(h, perm, patch_size)
@@ -110,9 +108,9 @@ def jigsaw_view(pieces: int = 4, seed: int = 0) -> View:
     jigsaw; our pieces are squares rather than interlocking shapes)."""
     pieces, seed = integer(pieces, "pieces", minimum=1), integer(seed, "seed", minimum=0)
 
-    def make_index(h: int, w: int) -> torch.Tensor:
-        if h != w or h % pieces:
-            raise ValueError(f"jigsaw needs a square image whose side is a multiple of pieces={pieces}, got {h}x{w}")
+    def make_index(x: torch.Tensor) -> torch.Tensor:
+        square_image(x, "jigsaw", pieces, "pieces")
+        h = w = x.shape[-1]
         cell = h // pieces
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(pieces * pieces, generator=g)
@@ -150,9 +148,7 @@ def get_view(name: str, **params) -> View:
 
     "flip" is the course's upside-down flip (same as "vflip"); "hflip" mirrors left-right.
     """
-    if not isinstance(name, str) or name not in _FACTORIES:
-        raise ValueError(f"unknown view {name!r}; choose one of {', '.join(VIEW_NAMES)}")
     try:
-        return _FACTORIES[name](**params)
+        return _FACTORIES[one_of(name, VIEW_NAMES, "view")](**params)
     except TypeError as err:
         raise ValueError(f"bad parameters for view {name!r}: {params} ({err})") from err

@@ -11,14 +11,16 @@ from PIL import Image
 
 from minidiff import data
 
+from idx_files import write_idx
+
 
 def _fake_split(folder, prefix: str, n: int, seed: int = 0, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = (np.arange(n) % 10).astype(np.uint8)
     ext = ".gz" if gz else ""
-    data.write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
-    data.write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
     return images, labels
 
 
@@ -33,7 +35,7 @@ def mnist_dir(tmp_path, monkeypatch):
 def test_idx_round_trip_gz_and_raw(tmp_path):
     a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     for name in ("a.idx", "a.idx.gz"):
-        data.write_idx(tmp_path / name, a)
+        write_idx(tmp_path / name, a)
         np.testing.assert_array_equal(data.read_idx(tmp_path / name), a)
 
 
@@ -99,7 +101,7 @@ def test_corrupt_files_are_value_errors(mnist_dir):
 
 
 def test_labels_out_of_range_are_rejected(mnist_dir):
-    data.write_idx(mnist_dir / "t10k-labels-idx1-ubyte", np.full(20, 11, dtype=np.uint8))
+    write_idx(mnist_dir / "t10k-labels-idx1-ubyte", np.full(20, 11, dtype=np.uint8))
     with pytest.raises(ValueError, match="0..9"):
         data.load_mnist("t10k", mnist_dir)
 

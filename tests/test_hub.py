@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from minidiff import hub
-from minidiff.cli import main
+from minidiff.cli import commands, main
 
 SECRET = "hf_thisIsNotARealTokenButMustNeverBePrinted"
 
@@ -120,7 +120,7 @@ def test_plain_http_401_and_offline_errors(monkeypatch, with_token):
 
 def test_unknown_model_name_is_a_value_error():
     with pytest.raises(ValueError, match="if-i-xl"):
-        hub.cli_fetch(argparse.Namespace(name="if-ii-xl", t5=False, cache_dir=None))
+        commands.fetch(argparse.Namespace(name="if-ii-xl", t5=False, cache_dir=None))
 
 
 @pytest.mark.parametrize("name, repo", [("if-ii-l", "DeepFloyd/IF-II-L-v1.0"), ("if-ii-m", "DeepFloyd/IF-II-M-v1.0")])
@@ -134,7 +134,7 @@ def test_fetch_stage_two_asks_only_for_its_unet(name, repo, monkeypatch, tmp_pat
         return str(tmp_path)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    assert hub.cli_fetch(argparse.Namespace(name=name, t5=False, cache_dir=None)) == 0
+    assert commands.fetch(argparse.Namespace(name=name, t5=False, cache_dir=None)) == 0
     assert calls == [(repo, ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"])]
     assert "stage-2 UNet" in capsys.readouterr().out
 

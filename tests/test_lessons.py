@@ -70,7 +70,7 @@ def test_unknown_lesson_is_a_clear_error(capsys):
 
 def test_titles_end_without_a_period_so_the_summary_reads_as_one_sentence():
     """`A1.7 SDEdit (Meng et al., 2022): 1 file in 16.1 s`, not `...2022).: 1 files in ...`."""
-    from minidiff.lessons_index import _files
+    from minidiff.cli.commands import _files
 
     assert all(not i.title.endswith(".") and i.title for i in LESSONS)
     assert find_lesson("A1.7").title.endswith("(Meng et al., 2022)")
@@ -80,7 +80,7 @@ def test_titles_end_without_a_period_so_the_summary_reads_as_one_sentence():
 def test_lesson_all_banner_says_what_it_costs():
     import argparse
 
-    from minidiff.lessons_index import _how_long
+    from minidiff.cli.commands import _how_long
 
     def banner(**kw):
         return _how_long(argparse.Namespace(**{"quick": False, "train": False, **kw}))

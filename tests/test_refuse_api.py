@@ -21,13 +21,13 @@ from minidiff import data
 from minidiff.betas import cosine_betas, dynamic_threshold, linear_betas
 from minidiff.analytic import finite_data_model, gaussian_denoiser
 from minidiff.edit import check_mask, image_to_image, inpaint, sdedit
-from minidiff.filters import gaussian_blur, gaussian_kernel, high_pass, low_pass
+from minidiff.filters import gaussian_blur, gaussian_kernel1d, high_pass, low_pass
 from minidiff.guidance import anagram, cfg, factorized, frequency_bands, hybrid, hybrid_bands
 from minidiff.if_pipeline import if_stage1
 from minidiff.metrics import MNISTJudge, frechet_distance, judge_accuracy, psnr
 from minidiff.models.if_unet import IFUNet
 from minidiff.models.mnist import ClassConditionalUNet, TimeConditionalUNet, class_vector
-from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise, one_step_denoise
+from minidiff.samplers import ddim, ddim_step, flow_euler, flow_heun, iterative_denoise, one_step_denoise
 from minidiff.schedule import DDPMSchedule, FlowSchedule, strided_timesteps
 from minidiff.text import encode_prompts, load_embedding_cache, prompt_embeddings
 from minidiff.views import get_view
@@ -177,11 +177,11 @@ CASES = [
      r"needs a FlowSchedule", "flow_heun"),
     ("ddim-eta-negative", lambda tmp: ddim(den, X, IF, TS, eta=-0.1, progress=False), ValueError, r">= 0", "eta"),
     ("ddim-eta-nan", lambda tmp: ddim(den, X, IF, TS, eta=NAN, progress=False), ValueError, r"finite", "eta"),
-    ("ddim-step-t-prev", lambda tmp: IF.ddim_step(X, X, 500, 1000), ValueError, r"out of range.*the clean image",
+    ("ddim-step-t-prev", lambda tmp: ddim_step(IF, X, X, 500, 1000), ValueError, r"out of range.*the clean image",
      "t_prev"),
-    ("ddim-step-t-prev-not-smaller", lambda tmp: IF.ddim_step(X, X, 500, 600), ValueError, r"smaller than t",
+    ("ddim-step-t-prev-not-smaller", lambda tmp: ddim_step(IF, X, X, 500, 600), ValueError, r"smaller than t",
      "t_prev"),
-    ("ddim-step-eta-negative", lambda tmp: IF.ddim_step(X, X, 500, 400, eta=-1.0), ValueError, r">= 0", "eta"),
+    ("ddim-step-eta-negative", lambda tmp: ddim_step(IF, X, X, 500, 400, eta=-1.0), ValueError, r">= 0", "eta"),
     ("ddim-flow-ddpm-timesteps", lambda tmp: ddim(den, X, FLOW, TS, progress=False), ValueError,
      r"needs a DDPMSchedule", "DDIM"),
     ("renoise-t-prev-not-smaller", lambda tmp: IF.renoise(X, 400, 500), ValueError, r"smaller than t", "t_prev"),
@@ -267,7 +267,7 @@ CASES = [
      "square image x"),
     # -- filters ---------------------------------------------------------------------------
     ("blur-kernel-even", lambda tmp: gaussian_blur(IMG, 4, 1.0), ValueError, r"odd", "kernel_size"),
-    ("blur-kernel-zero", lambda tmp: gaussian_kernel(0, 1.0), ValueError, r"odd", "kernel_size"),
+    ("blur-kernel-zero", lambda tmp: gaussian_kernel1d(0, 1.0), ValueError, r"odd", "kernel_size"),
     ("blur-kernel-float", lambda tmp: low_pass(IMG, 3.0, 1.0), ValueError, r"int", "kernel_size"),
     ("blur-sigma-zero", lambda tmp: gaussian_blur(IMG, 3, 0.0), ValueError, r"> 0", "sigma"),
     ("blur-sigma-nan", lambda tmp: high_pass(IMG, 3, NAN), ValueError, r"finite", "sigma"),

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from minidiff import lessons_index
-from minidiff.cli import main
+from minidiff.cli import lesson_script, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_thisIsNotARealTokenButMustNeverBePrinted"
@@ -54,8 +54,11 @@ def _one_line(err: str) -> str:
 
 def _interrupt(argv: list[str], tmp_path: Path, ready: str | None, wait_s: float = 6.0) -> tuple[int, str]:
     """Start minidiff, wait for the line ``ready`` on stdout (or wait_s seconds), send SIGINT."""
+    # SIGINT back to its default in the child: a test run started in the background (a CI job)
+    # has it ignored, and an ignored signal stays ignored across exec.
     proc = subprocess.Popen(_minidiff(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env=_env(PYTHONUNBUFFERED="1"))
+                            cwd=tmp_path, env=_env(PYTHONUNBUFFERED="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if ready is not None:
             for line in proc.stdout:
@@ -122,13 +125,13 @@ def test_ctrl_c_during_lesson_all_says_which_lesson_and_how_many_were_done(tmp_p
     ("sample-digits --out {tmp}/d.npz", "minidiff.mnist_pipeline.sample_digits",
      r"minidiff sample-digits: interrupted; no file was written "
      r"\(sample-digits writes its files whole, at the end\)"),
-    ("lessons", "minidiff.lessons_index.cli_lessons", r"minidiff lessons: interrupted"),
-    ("fetch if-i-xl", "minidiff.hub.cli_fetch",
+    ("lessons", "minidiff.cli.commands.lessons", r"minidiff lessons: interrupted"),
+    ("fetch if-i-xl", "minidiff.cli.commands.fetch",
      r"minidiff fetch: interrupted; files already complete stay in the hub cache and the same command fetches "
      r"the rest"),
-    ("embed x", "minidiff.text.cli_embed", r"minidiff embed: interrupted; the embedding cache .* not changed"),
+    ("embed x", "minidiff.cli.commands.embed", r"minidiff embed: interrupted; the embedding cache .* not changed"),
     # the training command says more in its own handler; this is the fallback for whatever it leaves
-    ("train flow-class --out {tmp}/run", "minidiff.train.cli_train", r"minidiff train: interrupted.*"),
+    ("train flow-class --out {tmp}/run", "minidiff.cli.training.train", r"minidiff train: interrupted.*"),
 ], ids=["sample-digits", "lessons", "fetch", "embed", "train"])
 def test_ctrl_c_in_process_is_one_line_for_every_command(command, target, said, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
@@ -149,7 +152,7 @@ def test_ctrl_c_in_a_lesson_script(tmp_path, capsys):
     sys.modules["minidiff_lesson_test"].__file__ = str(ROOT / "lessons" / "a1_1_forward.py")
     try:
         with pytest.raises(SystemExit) as stop:
-            lessons_index.main(run, argv=["--out", str(tmp_path)])
+            lesson_script(run, argv=["--out", str(tmp_path)])
     finally:
         del sys.modules["minidiff_lesson_test"]
     assert stop.value.code == 130

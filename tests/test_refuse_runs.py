@@ -25,9 +25,12 @@ import pytest
 import torch
 
 from minidiff import run_folder as RF
+from minidiff import run_lock as RL
 from minidiff import train as T
 from minidiff.cli import build_parser, main
-from minidiff.data import write_idx
+from minidiff.cli import training as CT
+
+from idx_files import write_idx
 
 ROUNDS = int(os.environ.get("MINIDIFF_RACE_ROUNDS", "3"))
 
@@ -111,11 +114,11 @@ def test_a_lock_naming_a_dead_process_does_not_block_resume(tmp_path, mnist_dir)
     T.train(cfg, out, progress=False, max_steps=2)  # what the command line would train, stopped at step 2
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    (out / RF.LOCK_FILE).write_text(json.dumps({"pid": finished.pid, "host": socket.gethostname(),
+    (out / RL.LOCK_FILE).write_text(json.dumps({"pid": finished.pid, "host": socket.gethostname(),
                                                 "started": "2026-12-01 10:00:00", "command": "minidiff train ..."}))
     assert main(_args(out, mnist_dir, 2, "--resume")) == 0
     assert RF.saved_step(out) == (4, 2.0) and _steps_logged(out) == [0, 1, 2, 3]
-    assert not (out / RF.LOCK_FILE).exists()  # released, and the stale note with it
+    assert not (out / RL.LOCK_FILE).exists()  # released, and the stale note with it
 
 
 def test_a_killed_run_leaves_a_lock_file_that_does_not_block_its_resume(tmp_path, mnist_dir):
@@ -126,12 +129,12 @@ def test_a_killed_run_leaves_a_lock_file_that_does_not_block_its_resume(tmp_path
     _wait_for_checkpoint(out, proc)
     proc.kill()  # no Python code runs: the lock file stays
     proc.wait(timeout=60)
-    note = json.loads((out / RF.LOCK_FILE).read_text())
+    note = json.loads((out / RL.LOCK_FILE).read_text())
     assert note["pid"] == proc.pid and note["host"] == socket.gethostname()
     assert main(_args(out, mnist_dir, 8, "--resume")) == 0
     assert json.loads((out / "config.json").read_text())["steps"] == 16
     assert _steps_logged(out) == list(range(16))
-    assert not (out / RF.LOCK_FILE).exists()
+    assert not (out / RL.LOCK_FILE).exists()
 
 
 def test_ctrl_c_says_in_one_line_what_is_kept_and_how_to_resume(tmp_path, mnist_dir):
@@ -150,7 +153,7 @@ def test_ctrl_c_says_in_one_line_what_is_kept_and_how_to_resume(tmp_path, mnist_
     assert line.startswith(f"minidiff train: interrupted; the checkpoint of step {kept[0]} "
                            f"(epoch {kept[1]:g}) in {stopped} is intact; resume it with: python -m minidiff train "), \
         line
-    assert not (stopped / RF.LOCK_FILE).exists()  # released on the way out
+    assert not (stopped / RL.LOCK_FILE).exists()  # released on the way out
     command = shlex.split(line.split("resume it with: ", 1)[1])
     assert command[:3] == ["python", "-m", "minidiff"] and command[3:] == _args(stopped, mnist_dir, 8, "--resume")
     resumed = _start(command[3:])
@@ -175,7 +178,15 @@ def test_ctrl_c_before_the_first_checkpoint_says_to_start_over(tmp_path, mnist_d
                     + " --overwrite")
 
 
-def test_a_ctrl_c_during_a_checkpoint_waits_until_all_its_files_are_written(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt in this process, as in a terminal (a background job has it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_during_a_checkpoint_waits_until_all_its_files_are_written(tmp_path, monkeypatch, ctrl_c_raises):
     """A checkpoint is four files; stopped between them, model and resume state would disagree."""
     save_checkpoint = RF.save_checkpoint
 
@@ -190,7 +201,7 @@ def test_a_ctrl_c_during_a_checkpoint_waits_until_all_its_files_are_written(tmp_
         T.train(cfg, tmp_path, data=data, progress=False)
     assert RF.saved_step(tmp_path) == (1, 0.5)  # config.json and train_state.json of the same step
     assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 1
-    assert not (tmp_path / RF.LOCK_FILE).exists()
+    assert not (tmp_path / RL.LOCK_FILE).exists()
     monkeypatch.setattr(RF, "save_checkpoint", save_checkpoint)
     T.train(cfg, tmp_path, data=data, progress=False, resume=True)  # and it resumes
     assert RF.saved_step(tmp_path) == (4, 2.0)
@@ -206,7 +217,7 @@ def test_the_lock_is_released_when_a_run_fails_and_the_folder_it_made_is_removed
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         T.train(cfg, tmp_path / "kept", data=bad, progress=False)
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())  # the user's folder stays
-    with RF.owned_run_folder(tmp_path / "kept") as folder:  # free again
+    with RL.owned_run_folder(tmp_path / "kept") as folder:  # free again
         assert folder == tmp_path / "kept"
 
 
@@ -216,5 +227,5 @@ def test_the_resume_command_of_a_run_started_from_python_parses_back_to_the_same
     words = ["train", "judge", "--out", str(tmp_path / "my run"), "--epochs", "0.5", "--snapshot-epochs", "",
              "--seed", "7", "--overwrite"]
     args = build_parser().parse_args(words)
-    again = build_parser().parse_args(["train"] + T._with_flag(T._train_words(args), "--resume", "--overwrite"))
+    again = build_parser().parse_args(["train"] + CT._with_flag(CT._train_words(args), "--resume", "--overwrite"))
     assert vars(again) == {**vars(args), "resume": True, "overwrite": False}

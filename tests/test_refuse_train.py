@@ -25,9 +25,11 @@ from safetensors.torch import load_file, save_file
 from minidiff import mnist_pipeline as P
 from minidiff import recipes as R
 from minidiff import run_folder as RF
+from minidiff import run_lock as RL
 from minidiff import train as T
 from minidiff.cli import build_parser, main
-from minidiff.data import write_idx
+
+from idx_files import write_idx
 
 N, BATCH = 64, 32  # 64 random digits, 2 steps per epoch
 
@@ -131,7 +133,7 @@ def _nan_model():
 
 def _while_owned(folder: Path, call: Callable[[], object]) -> None:
     """call() while the test holds folder's run lock, as a run training into it would."""
-    with RF.owned_run_folder(folder, "minidiff train held-by-the-test"):
+    with RL.owned_run_folder(folder, "minidiff train held-by-the-test"):
         call()
 
 
@@ -213,10 +215,10 @@ CASES: list[tuple[str, Callable[[Ctx], object], type, str]] = [
     ("resume-and-overwrite", lambda c: c.train(out=c.run(), resume=True, overwrite=True), ValueError,
      r"--resume .* --overwrite .*choose one"),
     ("resume-without-run", lambda c: c.cli("--resume"), FileNotFoundError, r"--resume: no training checkpoint in .*new"),
-    ("out-in-use", lambda c: _while_owned(c.tmp / "new", lambda: c.cli()), RF.RunFolderInUse,
+    ("out-in-use", lambda c: _while_owned(c.tmp / "new", lambda: c.cli()), RL.RunFolderInUse,
      rf"new is in use by another training run \(pid {os.getpid()} on host {re.escape(socket.gethostname())}, "
      r"started [-0-9]+ [:0-9]+: minidiff train held-by-the-test\); wait until it ends, or choose another --out$"),
-    ("resume-in-use", lambda c: _while_owned(c.run(), lambda: c.cli("--resume", out=c.run())), RF.RunFolderInUse,
+    ("resume-in-use", lambda c: _while_owned(c.run(), lambda: c.cli("--resume", out=c.run())), RL.RunFolderInUse,
      r"run is in use by another training run \(pid \d+ on host"),
     ("data-folder-missing", lambda c: c.cli("--data", str(c.tmp / "nowhere")), FileNotFoundError,
      r"nowhere does not exist; point it to a folder holding t10k-images-idx3-ubyte\.gz"),
@@ -333,7 +335,7 @@ def test_an_earlier_run_is_kept_without_overwrite_and_replaced_with_it(tmp_path,
     assert not (run / "snapshots" / "epoch_009").exists()  # nothing of the old run is left to mix in
 
 
-_batch_loss = R.batch_loss  # the real one, for the diverging losses below
+_batch_loss = T.batch_loss  # the real one, for the diverging losses below
 
 
 def _nan_loss(cfg, model, *args):

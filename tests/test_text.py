@@ -155,6 +155,22 @@ def test_cli_embed_writes_the_cache(t5_dir, tmp_path, capsys, monkeypatch):
     assert text.load_embedding_cache(cache)["a pencil"].shape == (77, 16)
 
 
+def test_embed_from_the_course_file_fills_the_cache_without_t5(tmp_path, capsys, monkeypatch):
+    """`minidiff embed --from prompt_embeds_dict.pth`: the course's embeddings go into the cache the lessons read."""
+    def no_t5(*args, **kwargs):
+        raise AssertionError("copying the course's embeddings needs no T5")
+
+    monkeypatch.setattr(text, "load_t5", no_t5)
+    course, cache = tmp_path / "prompt_embeds_dict.pth", tmp_path / "c.safetensors"
+    torch.save({"a rocket ship": torch.randn(1, 77, 8), "": torch.randn(1, 77, 8)}, course)
+    assert main(["embed", "--from", str(course), "--cache", str(cache)]) == 0
+    assert "copied 2 prompt(s)" in capsys.readouterr().out
+    assert torch.equal(text.prompt_embeddings(["a rocket ship"], cache=cache)[0],
+                       text.load_prompt_embeds_dict(course)["a rocket ship"])
+    assert main(["embed", "--cache", str(cache)]) == 2  # neither a prompt nor --from
+    assert "give at least one prompt" in capsys.readouterr().err
+
+
 def test_missing_t5_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         text.load_t5(tmp_path / "no_such_t5")

@@ -13,13 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minidiff import losses as L
 from minidiff import recipes as R
 from minidiff import run_folder as RF
 from minidiff import train as T
 from minidiff.cli import build_parser, main
-from minidiff.data import write_idx
 from minidiff.models.mnist import class_vector
 from minidiff.schedule import DDPMSchedule, FlowSchedule
+
+from idx_files import write_idx
 
 
 def fake_digits(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,12 +46,12 @@ def test_ddpm_targets_match_the_definition():
     """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps with t ~ U{0..T-1}, ab from linear betas 1e-4..0.02."""
     x0, _ = fake_digits(8)
     s = DDPMSchedule.linear(300)
-    x_t, t, eps = R.ddpm_targets(s, x0, torch.Generator().manual_seed(3))
+    (x_t, t), eps = L.ddpm_example(s, x0, None, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     t_ref = torch.randint(0, 300, (8,), generator=g)
     eps_ref = torch.randn(x0.shape, generator=g)
     ab = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 300, dtype=torch.float64), 0)[t_ref].view(-1, 1, 1, 1)
-    assert torch.equal(t, t_ref) and torch.equal(eps, eps_ref)
+    assert torch.equal(t, t_ref.float() / 300) and torch.equal(eps, eps_ref)  # the network's t: t / T
     torch.testing.assert_close(x_t.double(), ab.sqrt() * x0.double() + (1 - ab).sqrt() * eps.double(), rtol=0, atol=1e-5)
 
     seen = {}
@@ -59,7 +61,8 @@ def test_ddpm_targets_match_the_definition():
         return torch.zeros_like(x)
 
     c = class_vector(torch.arange(8))
-    loss = R.diffusion_loss(model, s, x0, c, torch.Generator().manual_seed(3))
+    cfg = R.recipe_config("ddpm-class", p_uncond=0.0, channels_last=False)
+    loss = T.batch_loss(cfg, model, s, x0, torch.arange(8), torch.Generator().manual_seed(3))
     torch.testing.assert_close(seen["t"], t_ref.float() / 300)  # the network sees t / T
     assert torch.equal(seen["c"], c) and torch.equal(seen["x"], x_t)
     torch.testing.assert_close(loss, (eps_ref**2).mean())  # zero prediction: L = mean eps^2
@@ -67,8 +70,8 @@ def test_ddpm_targets_match_the_definition():
 
 def test_flow_targets_match_the_definition():
     """x_t = (1 - t) x0 + t x1, u = x1 - x0, x0 ~ N(0, I), t ~ U[0, 1]; so x_t + (1 - t) u = x1."""
-    x1, _ = fake_digits(8)
-    x_t, t, u = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5))
+    x1, y = fake_digits(8)
+    (x_t, t), u = L.flow_example(FlowSchedule(), x1, None, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     x0 = torch.randn(x1.shape, generator=g)
     t_ref = torch.rand(8, generator=g)
@@ -84,7 +87,8 @@ def test_flow_targets_match_the_definition():
         seen.update(x=x, t=tn)
         return torch.zeros_like(x)
 
-    loss = R.diffusion_loss(model, FlowSchedule(), x1, None, torch.Generator().manual_seed(5))
+    cfg = R.recipe_config("flow-time", channels_last=False)
+    loss = T.batch_loss(cfg, model, FlowSchedule(), x1, y, torch.Generator().manual_seed(5))
     assert torch.equal(seen["t"], t_ref) and torch.equal(seen["x"], x_t)  # the flow network sees t itself
     torch.testing.assert_close(loss, (u**2).mean())
 
@@ -93,8 +97,8 @@ def test_flow_targets_match_the_definition():
 def test_flow_times_with_a_power_are_one_minus_the_power_of_uniform_draws(power):
     """time_power p: t = 1 - (1 - r)^p for the very r the uniform draw would use; x0 is unchanged."""
     x1, _ = fake_digits(8)
-    _, t1, u1 = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5))
-    x_tp, tp, up = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(5), time_power=power)
+    (_, t1), u1 = L.flow_example(FlowSchedule(), x1, None, torch.Generator().manual_seed(5))
+    (x_tp, tp), up = L.flow_example(FlowSchedule(), x1, None, torch.Generator().manual_seed(5), time_power=power)
     torch.testing.assert_close(tp, 1 - (1 - t1) ** power)
     assert torch.equal(up, u1)  # the same noise: only where on the path each digit sits changes
     tt = tp.view(-1, 1, 1, 1)
@@ -105,7 +109,7 @@ def test_flow_times_with_a_power_are_one_minus_the_power_of_uniform_draws(power)
 def test_the_share_of_flow_times_above_1_minus_eps_is_eps_to_the_1_over_p(power):
     """P(t > 1 - eps) = P((1 - r)^p < eps) = eps^(1/p): the data end gets eps^(1/p) of the training."""
     x1 = torch.zeros(100_000, 1, 1, 1)
-    _, t, _ = R.flow_targets(FlowSchedule(), x1, torch.Generator().manual_seed(0), time_power=power)
+    (_, t), _ = L.flow_example(FlowSchedule(), x1, None, torch.Generator().manual_seed(0), time_power=power)
     for eps in (0.025, 0.1, 0.5):
         share = (t > 1 - eps).float().mean().item()
         assert abs(share - eps ** (1 / power)) < 0.006, (eps, share)
@@ -127,7 +131,7 @@ def test_a_time_power_changes_the_loss_a_batch_trains_on():
     torch.manual_seed(0)
     model = R.build_from_config(cfg).eval()
     x, y = fake_digits(16)
-    losses = [R.batch_loss({**cfg, "time_power": p}, model, FlowSchedule(), x, y, torch.Generator().manual_seed(0))
+    losses = [T.batch_loss({**cfg, "time_power": p}, model, FlowSchedule(), x, y, torch.Generator().manual_seed(0))
               for p in (1.0, 1.0, 3.0)]
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
@@ -142,7 +146,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(recipe):
     cfg["p_uncond"] = 0.0
 
     def loss():
-        return R.batch_loss(cfg, model, schedule, x, y, torch.Generator().manual_seed(0))
+        return T.batch_loss(cfg, model, schedule, x, y, torch.Generator().manual_seed(0))
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = loss()
@@ -276,7 +280,7 @@ def test_resume_rewrites_the_log_whole_and_with_bare_newlines(tmp_path):
 
 
 def test_train_help_shows_each_recipes_defaults():
-    """`minidiff train --help` lists what RECIPES says (written out in cli.py, so that --help needs no torch)."""
+    """`minidiff train --help` lists what RECIPES says (written out in minidiff/cli/parser.py, so that --help needs no torch)."""
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for recipe, settings in R.RECIPES.items():
         row = next(line.split() for line in help_text.splitlines() if line.startswith(f"  {recipe} "))

@@ -182,7 +182,7 @@ def add_noise(x: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tenso
 
 def denoiser_loss(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: float,
                   noise: torch.Tensor) -> torch.Tensor:
-    """B1.2.1: L = mean |D(x + sigma eps) - x|^2 (minidiff.recipes.denoiser_loss with the noise given)."""
+    """B1.2.1: L = mean |D(x + sigma eps) - x|^2 (minidiff.losses.denoiser_example with the noise given)."""
     return F.mse_loss(model(add_noise(x, sigma, noise)), x)
 
 

@@ -66,7 +66,15 @@ from minidiff.models.if_blocks import (
 from minidiff.models.if_config import DOWN_BLOCKS, UP_BLOCKS, IFUNetConfig
 from minidiff.models.if_loading import load_pretrained
 
-__all__ = ["IFUNet", "IFUNetConfig"]
+__all__ = ["IFUNet", "IFUNetConfig", "check_image_size"]
+
+
+def check_image_size(height: int, width: int, num_upsamplers: int, name: str = "height and width") -> None:
+    """ValueError unless height and width are multiples of 2**num_upsamplers (every level but the
+    lowest halves them, and the up path must land on the skips' sizes)."""
+    f = 2**num_upsamplers
+    if height % f or width % f:
+        raise ValueError(f"{name} must be multiples of {f} for this UNet, got {height}x{width}")
 
 
 class IFUNet(nn.Module):
@@ -85,7 +93,7 @@ class IFUNet(nn.Module):
 
         self.conv_in = nn.Conv2d(c.in_channels, ch[0], c.conv_in_kernel, padding=(c.conv_in_kernel - 1) // 2)
         self.time_embedding = TimestepMLP(ch[0], c.emb_dim, c.act_fn)
-        # stage 2: the low-res image's noise level, through the same sinusoid and its own MLP
+        # stage 2: MLP_s of the low-res image's noise level (see _noise_level_embedding)
         self.class_embedding = TimestepMLP(ch[0], c.emb_dim, c.act_fn) if c.takes_noise_level else None
         text_proj = c.encoder_hid_dim_type == "text_proj"
         self.encoder_hid_proj = nn.Linear(c.encoder_hid_dim, c.cross_attention_dim) if text_proj else None
@@ -180,11 +188,11 @@ class IFUNet(nn.Module):
         Inputs are cast to the weights' dtype; the output (B, C_out, H, W) has that dtype.
         """
         t = self._check_inputs(sample, timestep, encoder_hidden_states)
-        s = self._check_noise_level(noise_level, sample)
+        emb_s = self._noise_level_embedding(noise_level, t.shape[0], sample.device)  # stage 2; None for stage 1
         x, encoder_hidden_states = sample.to(self.dtype), encoder_hidden_states.to(self.dtype)
         if self.config.center_input_sample:
             x = 2 * x - 1.0
-        emb = self._embedding(t, encoder_hidden_states, s)  # (B, emb_dim), read by every ResNet
+        emb = self._embedding(t, encoder_hidden_states, emb_s)  # (B, emb_dim), read by every ResNet
         if self.encoder_hid_proj is not None:
             encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)  # (B, T, cross_attention_dim)
 
@@ -199,19 +207,18 @@ class IFUNet(nn.Module):
         return self.conv_out(self.act(self.conv_norm_out(h))).contiguous()
 
     def _embedding(
-        self, t: torch.Tensor, encoder_hidden_states: torch.Tensor, noise_level: torch.Tensor | None
+        self, t: torch.Tensor, encoder_hidden_states: torch.Tensor, emb_s: torch.Tensor | None
     ) -> torch.Tensor:
-        """emb = act(MLP_t(sinusoid(t)) [+ MLP_s(sinusoid(noise_level))] + TextPooling(encoder_hidden_states)).
+        """emb = act(MLP_t(sinusoid(t)) [+ emb_s] + TextPooling(encoder_hidden_states)).
 
-        t (B,), encoder_hidden_states (B, T, D), noise_level (B,) or None -> (B, emb_dim).
+        t (B,), encoder_hidden_states (B, T, D), emb_s (B, emb_dim) the embedded noise level of
+        stage 2 (``_noise_level_embedding``) or None -> (B, emb_dim).
         """
         c = self.config
-        width = self.conv_in.out_channels
-        t_emb = timestep_embedding(t, width, c.flip_sin_to_cos, c.freq_shift)
+        t_emb = timestep_embedding(t, self.conv_in.out_channels, c.flip_sin_to_cos, c.freq_shift)
         emb = self.time_embedding(t_emb.to(self.dtype))
-        if self.class_embedding is not None:
-            s_emb = timestep_embedding(noise_level, width, c.flip_sin_to_cos, c.freq_shift)
-            emb = emb + self.class_embedding(s_emb.to(self.dtype))
+        if emb_s is not None:
+            emb = emb + emb_s
         if self.add_embedding is not None:
             emb = emb + self.add_embedding(encoder_hidden_states)
         if self.emb_act is not None:
@@ -233,9 +240,7 @@ class IFUNet(nn.Module):
                 f"encoder_hidden_states must be (B, T, {text_dim}) text embeddings with B={B} (the batch of "
                 f"sample), got {got}"
             )
-        f = 2**self.num_upsamplers
-        if H % f or W % f:
-            raise ValueError(f"sample height and width must be multiples of {f} for this UNet, got {H}x{W}")
+        check_image_size(H, W, self.num_upsamplers, "sample height and width")
         t = torch.as_tensor(timestep, device=sample.device)
         if t.ndim == 0:
             t = t[None]
@@ -243,10 +248,16 @@ class IFUNet(nn.Module):
             raise ValueError(f"timestep must be a scalar or a (B,) tensor with B={B}, got shape {tuple(t.shape)}")
         return t.expand(B)
 
-    def _check_noise_level(self, noise_level: Any, sample: torch.Tensor) -> torch.Tensor | None:
-        """ValueError unless a stage-2 UNet gets a noise level in [0, 999] (and stage 1 none); (B,) or None."""
-        B = sample.shape[0]
-        if not self.config.takes_noise_level:
+    def _noise_level_embedding(self, noise_level: Any, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Stage 2's noise augmentation as the UNet reads it: the noise level s of the upscaled
+        low-res image (minidiff.if_pipeline.augment_low_res) is embedded like t, by its own MLP,
+
+            emb_s = MLP_s(sinusoid(s)),   s in [0, 999]       (B,) -> (B, emb_dim)
+
+        and added to the time embedding (diffusers' class_embed_type "timestep"). A stage-1 UNet
+        has no MLP_s and takes no noise level: None. ValueError for a missing or bad noise level.
+        """
+        if self.class_embedding is None:
             if noise_level is not None:
                 raise ValueError(
                     "noise_level is only taken by a stage-2 (super-resolution) UNet; this one is stage 1 "
@@ -258,14 +269,17 @@ class IFUNet(nn.Module):
                 "this stage-2 UNet needs noise_level, the noise level (0..999) of the upscaled low-res image: "
                 "unet(x_t, t, text, noise_level)"
             )
-        s = torch.as_tensor(noise_level, device=sample.device)
-        if s.ndim == 0:
-            s = s[None]
-        if s.ndim != 1 or s.shape[0] not in (1, B):
-            raise ValueError(f"noise_level must be a scalar or a (B,) tensor with B={B}, got shape {tuple(s.shape)}")
+        s = torch.as_tensor(noise_level, device=device)
+        s = s[None] if s.ndim == 0 else s
+        if s.ndim != 1 or s.shape[0] not in (1, batch):
+            raise ValueError(
+                f"noise_level must be a scalar or a (B,) tensor with B={batch}, got shape {tuple(s.shape)}"
+            )
         if s.device.type != "meta" and bool((s < 0).any() or (s > 999).any()):
             raise ValueError(f"noise_level must lie in [0, 999], got {s.tolist()}")
-        return s.expand(B)
+        c = self.config
+        s_emb = timestep_embedding(s.expand(batch), self.conv_in.out_channels, c.flip_sin_to_cos, c.freq_shift)
+        return self.class_embedding(s_emb.to(self.dtype))
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         """x in channels_last layout, and (once) every convolution weight too.

@@ -1,31 +1,18 @@
-"""The ``minidiff`` command line.
+"""The ``minidiff`` argument parser: one small function per subcommand, and the option types.
 
-    minidiff lessons                          list the lessons
-    minidiff lesson <id> --out DIR [--quick]  run one lesson (or ``all``) and write its figures
-    minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz [--png FILE.png]
-    minidiff train <recipe> [...]             train a Part B model
-    minidiff fetch if-i-xl|...|if-ii-l        download IF stage-1 or stage-2 weights (licence + token)
-    minidiff embed "a prompt" ...             encode prompts with T5 and cache them
-    minidiff exercises                        the exercises: write the method, minidiff checks it
-    minidiff exercise <id> --out DIR          a starter file for one exercise
-    minidiff check FILE | check <id> --reference   run an exercise's checks on your file (or on minidiff's)
-
-Each subcommand is a thin shell around a library function; the heavy imports happen only
-when that subcommand runs, so ``minidiff --help`` is instant.
-
-However a command ends, it says so in at most one line on stderr (``report_errors``): exit 2
-for a refused input, 130 for Ctrl-C (with what was kept), 141 without a word when the reader
-of standard output has left (``| head -1``), 1 when standard output cannot be written.
+Nothing here imports torch, so that ``minidiff --help`` is instant: the limits the options
+state are written out below (tests/test_refuse_sizes.py and tests/test_train.py keep them
+equal to the library's), and each subcommand names its handler in ``minidiff.cli.commands``
+or ``minidiff.cli.training``, which import the library only when they run.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
-from typing import Callable, Sequence
+from typing import Callable
 
+from minidiff.cli import commands, training
 
 # The limits of `minidiff sample-digits`, the same as minidiff.mnist_pipeline's (repeated here so that
 # `minidiff --help` need not import torch; tests/test_refuse_sizes.py keeps the two equal).
@@ -112,6 +99,21 @@ def device_arg(text: str) -> str:
     return text
 
 
+def epochs_number(text: str) -> int | float:
+    """argparse type: "5" -> 5, "0.5" -> 0.5, so that config.json records --epochs 1 as 1, not 1.0.
+
+    The range is minidiff.recipes' to check (MAX_EPOCHS), with the flag named.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs such as 5 or 0.5, got {text!r:.40}") from None
+
+
 def add_lesson_options(p: argparse.ArgumentParser) -> None:
     """The options of a lesson run, shared by `minidiff lesson` and `python lessons/<script>.py`."""
     p.add_argument("--out", default="out", help="folder for the figures; a lesson writes into OUT/<id>/ (default: out)")
@@ -131,107 +133,15 @@ def add_lesson_options(p: argparse.ArgumentParser) -> None:
                         "instead of using the shipped weights")
 
 
-def _lessons(args: argparse.Namespace) -> int:
-    from minidiff.lessons_index import cli_lessons
-
-    return cli_lessons(args)
-
-
-def _lesson(args: argparse.Namespace) -> int:
-    from minidiff.lessons_index import cli_lesson
-
-    return cli_lesson(args)
-
-
-def _sample_digits(args: argparse.Namespace) -> int:
-    from minidiff.mnist_pipeline import cli_sample_digits
-
-    return cli_sample_digits(args)
-
-
-def _train(args: argparse.Namespace) -> int:
-    try:  # torch takes seconds to import: a Ctrl-C then is one line too, like one during training
-        from minidiff.train import cli_train
-    except KeyboardInterrupt:
-        print("minidiff train: interrupted while starting; nothing was written", file=sys.stderr)
-        return 130
-    return cli_train(args)
-
-
-def epochs_number(text: str) -> int | float:
-    """argparse type: "5" -> 5, "0.5" -> 0.5, so that config.json records --epochs 1 as 1, not 1.0.
-
-    The range is minidiff.recipes' to check (MAX_EPOCHS), with the flag named.
-    """
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs such as 5 or 0.5, got {text!r:.40}") from None
-
-
-# What each recipe trains with, for `minidiff train --help`: minidiff.recipes.RECIPES, written out
-# so that --help need not import torch (tests/test_train.py keeps the two equal).
-TRAIN_DEFAULTS = """\
-each recipe's defaults (an option left out takes them):
-  recipe          epochs  batch size  lr     width (--hidden)
-  denoiser             5          64  1e-3   32
-  pure-noise           5          64  1e-3   32
-  ddpm-time           10         128  1e-3   32
-  ddpm-class          10         128  1e-3   32
-  flow-time           10          64  1e-2   32
-  flow-class           8          64  1e-2   32
-  flow-class-ema      18          64  1e-2   32  (and --ema 0.999)
-  judge                4          64  1e-3   32
-the ranges: epochs in (0, 10000], batch size 1..70000, width 1..512, seed 0..2**63-1
-"""
-
-
-def _fetch(args: argparse.Namespace) -> int:
-    from minidiff.hub import cli_fetch
-
-    return cli_fetch(args)
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from minidiff.text import cli_embed
-
-    return cli_embed(args)
-
-
-def _exercises(args: argparse.Namespace) -> int:
-    from minidiff.exercises import print_exercises
-
-    return print_exercises(args.dir)
-
-
-def _exercise(args: argparse.Namespace) -> int:
-    from minidiff.exercises import print_starter
-
-    return print_starter(args.id, args.out)
-
-
-def _check(args: argparse.Namespace) -> int:
-    from minidiff.exercises import print_check
-
-    return print_check(args.target, reference=args.reference)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minidiff", description="Diffusion models built from scratch.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    q = sub.add_parser("lessons", help="list the lessons")
-    q.set_defaults(func=_lessons)
-
+def _add_lessons(sub) -> None:
+    sub.add_parser("lessons", help="list the lessons").set_defaults(func=commands.lessons)
     q = sub.add_parser("lesson", help="run one lesson (or 'all') and write its figures")
     q.add_argument("id", help="lesson id from 'minidiff lessons', or 'all'")
     add_lesson_options(q)
-    q.set_defaults(func=_lesson)
+    q.set_defaults(func=commands.lesson)
 
+
+def _add_sample_digits(sub) -> None:
     q = sub.add_parser("sample-digits", help="sample MNIST digits with a shipped class-conditional model",
                        description="Sample digits of every class with classifier-free guidance. Every setting "
                                    "left out is the model's own (its config.json, \"sampler\").")
@@ -260,8 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the network first (torch.compile with frozen weights; needs a C++ compiler on "
                         "a CPU): the first batch waits about 25 s (less once the compiled graph is cached), then "
                         "sampling runs 1.0-1.4x faster; pays from a few thousand digits")
-    q.set_defaults(func=_sample_digits)
+    q.set_defaults(func=commands.sample_digits)
 
+
+# What each recipe trains with, for `minidiff train --help`: minidiff.recipes.RECIPES, written out
+# so that --help need not import torch (tests/test_train.py keeps the two equal).
+TRAIN_DEFAULTS = """\
+each recipe's defaults (an option left out takes them):
+  recipe          epochs  batch size  lr     width (--hidden)
+  denoiser             5          64  1e-3   32
+  pure-noise           5          64  1e-3   32
+  ddpm-time           10         128  1e-3   32
+  ddpm-class          10         128  1e-3   32
+  flow-time           10          64  1e-2   32
+  flow-class           8          64  1e-2   32
+  flow-class-ema      18          64  1e-2   32  (and --ema 0.999)
+  judge                4          64  1e-3   32
+the ranges: epochs in (0, 10000], batch size 1..70000, width 1..512, seed 0..2**63-1
+"""
+
+
+def _add_train(sub) -> None:
     q = sub.add_parser("train", help="train a Part B model (see 'minidiff train --help')",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_DEFAULTS,
                        description="Train a Part B model. On several processes: torchrun --nproc_per_node N\n"
@@ -299,33 +228,40 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--save-every", type=int, default=None, help="checkpoint every N >= 1 steps (default 500)")
     q.add_argument("--snapshot-epochs", default=None,
                    help="comma-separated epochs (1..epochs) to keep a snapshot of, e.g. 1,5; '' for none")
-    q.set_defaults(func=_train)
+    q.set_defaults(func=training.train)
 
+
+def _add_weights(sub) -> None:
     q = sub.add_parser("fetch", help="download DeepFloyd IF weights (needs the licence accepted and a token)")
     q.add_argument("name", help="if-i-xl | if-i-l | if-i-m (stage I) | if-ii-l | if-ii-m (stage II) | t5")
     q.add_argument("--t5", action="store_true", help="also fetch the T5-XXL encoder (about 9 GB in fp16)")
     q.add_argument("--cache-dir", default=None)
-    q.set_defaults(func=_fetch)
+    q.set_defaults(func=commands.fetch)
 
     q = sub.add_parser("embed", help="encode prompts with T5 and store them in the embedding cache")
-    q.add_argument("prompts", nargs="+")
+    q.add_argument("prompts", nargs="*", help="the prompts to encode (at least one, unless --from is given)")
+    q.add_argument("--from", dest="course_file", type=nonempty, default=None, metavar="FILE.pth",
+                   help="also copy every embedding of the course's prompt_embeds_dict.pth into the cache "
+                        "(no T5 needed for those prompts)")
     q.add_argument("--t5", default=None, help="T5 encoder directory or hub id (default: DeepFloyd's)")
     q.add_argument("--cache", default=None, help="cache file (safetensors)")
     q.add_argument("--device", default="cpu")
-    q.set_defaults(func=_embed)
+    q.set_defaults(func=commands.embed)
 
+
+def _add_exercises(sub) -> None:
     q = sub.add_parser("exercises", help="list the exercises: write a method yourself, minidiff checks it",
                        description="Every exercise: its id, what to write, its lesson, and whether your file "
                                    "in the folder passed its checks.")
     q.add_argument("--dir", default=".", help="the folder holding your exercise files (default: here)")
-    q.set_defaults(func=_exercises)
+    q.set_defaults(func=commands.exercises)
 
     q = sub.add_parser("exercise", help="write the starter file of one exercise",
                        description="Write the starter: the signature, the equation and a body that raises "
                                    "'not implemented yet'. A file you have edited is never overwritten.")
     q.add_argument("id", help="exercise id from 'minidiff exercises', e.g. A1.4")
     q.add_argument("--out", type=nonempty, default=".", help="folder to write it into (default: here)")
-    q.set_defaults(func=_exercise)
+    q.set_defaults(func=commands.exercise)
 
     q = sub.add_parser("check", help="run an exercise's checks on your file (or on minidiff's own function)",
                        description="Run the exercise's property tests on your function: one line per check, "
@@ -333,110 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "back and a hint. Exit code 0 only when every check passes.")
     q.add_argument("target", help="your exercise file, or an exercise id with --reference")
     q.add_argument("--reference", action="store_true", help="run the checks on minidiff's own implementation")
-    q.set_defaults(func=_check)
+    q.set_defaults(func=commands.check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: each subcommand's options and the handler that runs it (``args.func``)."""
+    p = argparse.ArgumentParser(prog="minidiff", description="Diffusion models built from scratch.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_lessons, _add_sample_digits, _add_train, _add_weights, _add_exercises):
+        add(sub)
     return p
-
-
-class _WatchedStdout:
-    """sys.stdout, keeping the error if a write to it failed: a full disk under standard output is then
-    told apart from a full disk under a figure."""
-
-    def __init__(self, stream) -> None:
-        self.stream, self.error = stream, None
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except OSError as err:
-            self.error = err
-            raise
-
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
-
-
-def _output_failed(command: str, err: OSError) -> int:
-    """Standard output is closed (its reader left: ``| head -1``) or cannot be written (``> /dev/full``).
-
-    Its file descriptor is pointed at /dev/null, so that the interpreter's last flush of what is
-    still buffered does not fail a second time, with a traceback, at exit.
-    """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to redirect
-        pass
-    if isinstance(err, BrokenPipeError):
-        return 141  # quietly, with 128 + SIGPIPE: what `yes | head -1` leaves in bash's PIPESTATUS
-    print(f"{command}: cannot write to standard output: {err.strerror or err}", file=sys.stderr)
-    return 1
-
-
-def report_errors(command: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
-                  interrupted: str = "") -> int:
-    """Run a command; whatever stops it ends in at most one line on stderr and an exit code, never a traceback.
-
-    - an error minidiff raises on purpose (ValueError, FileNotFoundError, RuntimeError): its message, exit 2;
-    - Ctrl-C: "<command>: interrupted; <what was kept>", exit 130 (128 + SIGINT). The what-was-kept comes
-      from the KeyboardInterrupt when the command raised one with a message, else from ``interrupted``;
-    - standard output closed by its reader: nothing, exit 141; standard output that cannot be written
-      (a full disk): "<command>: cannot write to standard output: <why>", exit 1.
-    """
-    stdout = sys.stdout = _WatchedStdout(sys.stdout)
-    try:
-        code = int(func(args) or 0)
-        sys.stdout.flush()  # now, not at exit: a closed or full standard output is reported like the rest
-        return code
-    except KeyboardInterrupt as stop:
-        kept = str(stop) or interrupted
-        print(f"{command}: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
-        return 130
-    except OSError as err:
-        if stdout.error is not None:
-            return _output_failed(command, err)
-        if not isinstance(err, FileNotFoundError):
-            raise
-        print(f"{command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError) as err:
-        # Errors we raise on purpose carry their own advice; print it without a traceback.
-        print(f"{command}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        sys.stdout = stdout.stream
-
-
-def _what_is_kept(args: argparse.Namespace) -> str:
-    """What a command interrupted by Ctrl-C leaves behind, for its one line (`minidiff lesson` says its own)."""
-    if args.command == "sample-digits":
-        return "no file was written (sample-digits writes its files whole, at the end)"
-    if args.command == "fetch":
-        return "files already complete stay in the hub cache and the same command fetches the rest"
-    if args.command == "embed":
-        return "the embedding cache is written only once every prompt is encoded, so it was not changed"
-    return ""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except KeyboardInterrupt:  # e.g. while --device cuda imports torch to check the GPU
-        print("minidiff: interrupted", file=sys.stderr)
-        return 130
-    if not getattr(args, "func", None):
-        return report_errors("minidiff", lambda _: parser.print_help(), args)
-    command = f"minidiff {args.command}" + (f" {args.id}" if args.command == "lesson" else "")
-    return report_errors(command, args.func, args, interrupted=_what_is_kept(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""`minidiff train`: the options made into a recipe's config, the run, and the one line a Ctrl-C leaves.
+
+The line names the checkpoint kept and the command that resumes it, written back from the
+words the run was started with (``--resume`` in place of ``--overwrite``), and started the
+same way: ``minidiff``, ``python -m minidiff`` or torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def _parse_epochs(text: str | None) -> list[int] | None:
+    """--snapshot-epochs "1,5" -> [1, 5] ("" -> [], no snapshots); ValueError naming the flag for anything else."""
+    if text is None:
+        return None
+    try:
+        return [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise ValueError(f"--snapshot-epochs takes whole epochs separated by commas, such as 1,5 "
+                         f"(or '' for none), got {text!r}") from None
+
+
+def _train_words(args: argparse.Namespace) -> list[str]:
+    """The words after `minidiff train` of this run's command: as typed, or (main() called with a list) from args."""
+    if sys.argv[1:2] == ["train"]:
+        return sys.argv[2:]
+    words = [args.recipe]
+    for key, value in vars(args).items():
+        if key not in ("recipe", "command", "func") and value is not None and value is not False:
+            words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return words
+
+
+def _launcher() -> str:
+    """How this process was started: `minidiff`, `python -m minidiff`, or torchrun on one machine."""
+    from minidiff import distributed
+
+    module = os.path.basename(sys.argv[0]) == "__main__.py"
+    procs = distributed.from_environment()
+    if procs.parallel:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(procs.world_size))
+        if per_node != str(procs.world_size):  # several machines: each restarts with its own torchrun line
+            return "torchrun ... -m minidiff"
+        return f"torchrun --nproc_per_node {per_node} -m minidiff"
+    return "python -m minidiff" if module else "minidiff"
+
+
+def _is_flag(word: str, flag: str) -> bool:
+    """Whether a command-line word is `flag` or an abbreviation of it (argparse takes unique prefixes)."""
+    return word.startswith("--") and len(word) > 2 and flag.startswith(word)
+
+
+def _with_flag(words: list[str], flag: str, instead_of: str) -> list[str]:
+    """words with `flag` (added if missing) and without `instead_of`: --resume for --overwrite, or back."""
+    kept = [w for w in words if not _is_flag(w, instead_of)]
+    return kept if any(_is_flag(w, flag) for w in kept) else kept + [flag]
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The one line a Ctrl-C leaves: what is kept in --out and the command that goes on from it."""
+    from minidiff.run_folder import saved_step
+
+    words, kept = _train_words(args), saved_step(args.out)
+    if kept is None:  # a partial loss.csv may be there: --overwrite starts over whatever is left
+        return (f"interrupted before the first checkpoint, so there is nothing to resume; start again with: "
+                f"{_launcher()} train {shlex.join(_with_flag(words, '--overwrite', '--resume'))}")
+    step, epochs = kept
+    return (f"interrupted; the checkpoint of step {step} (epoch {epochs:g}) in {args.out} is intact; "
+            f"resume it with: {_launcher()} train {shlex.join(_with_flag(words, '--resume', '--overwrite'))}")
+
+
+def train(args: argparse.Namespace) -> int:
+    """`minidiff train <recipe> --out DIR [...]`: every setting is checked before the data is read.
+
+    Ctrl-C stops the run with one line (exit code 130, as a shell reports SIGINT) that names the
+    checkpoint kept and the command that resumes it, instead of a KeyboardInterrupt traceback.
+    """
+    try:  # torch takes seconds to import: a Ctrl-C then is one line too, like one during training
+        from minidiff import distributed
+        from minidiff.recipes import recipe_config
+        from minidiff.train import train as train_model
+    except KeyboardInterrupt:
+        print("minidiff train: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
+    width = {"num_hiddens": args.hidden} if args.recipe != "judge" else {"width": args.hidden}
+    cfg = recipe_config(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        save_every=args.save_every, snapshot_epochs=_parse_epochs(args.snapshot_epochs),
+                        data=args.data, ema_decay=args.ema, time_power=args.time_power,
+                        train_data="train split (train-* or train5k-*) + t10k[:8000]; held out: t10k[8000:]",
+                        **width)
+    command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
+    try:
+        train_model(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
+                    amp=args.amp)
+    except KeyboardInterrupt:
+        if distributed.from_environment().is_main:  # one line per run, not one per process
+            print(f"minidiff train: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    print(f"saved {cfg['recipe']} model to {args.out}")
+    return 0
