@@ -53,26 +53,25 @@ def shipped_dir(name: str) -> Path:
     return _PACKAGE / name
 
 
+def _shipped_folder(name: str, missing: str) -> Path:
+    """shipped_dir(name), or FileNotFoundError saying ``missing`` (a format of {folder}) when it is not there."""
+    folder = shipped_dir(name)
+    if not folder.is_dir():
+        raise FileNotFoundError(missing.format(folder=folder))
+    return folder
+
+
 def lessons_dir() -> Path:
     """The folder of lesson scripts; FileNotFoundError if this installation has none."""
-    folder = shipped_dir("lessons")
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"no lessons folder at {folder}: this installation of minidiff is incomplete; "
-            "reinstall it (pip install minidiff, or pip install . in a clone of the repository)"
-        )
-    return folder
+    return _shipped_folder("lessons", "no lessons folder at {folder}: this installation of minidiff is incomplete; "
+                                      "reinstall it (pip install minidiff, or pip install . in a clone of the repository)")
 
 
 def weights_dir() -> Path:
     """The shipped weights folder, or $MINIDIFF_WEIGHTS when set; FileNotFoundError if it is missing."""
-    folder = shipped_dir("weights")
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"no shipped weights at {folder}: this installation of minidiff is incomplete; reinstall it "
-            "(pip install minidiff, or pip install . in a clone), or set MINIDIFF_WEIGHTS to a weights/ folder"
-        )
-    return folder
+    return _shipped_folder("weights", "no shipped weights at {folder}: this installation of minidiff is incomplete; "
+                                      "reinstall it (pip install minidiff, or pip install . in a clone), or set "
+                                      "MINIDIFF_WEIGHTS to a weights/ folder")
 
 
 def output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
