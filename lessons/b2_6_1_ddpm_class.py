@@ -13,22 +13,17 @@ pure noise (t = T - 1) to digits. Titles say how many the judge reads as their c
 
 import torch
 
-from minidiff.course import LessonContext, part_b_run, save_class_grid, save_epoch_rows, save_loss
+from minidiff.course import LessonContext, class_lesson_start, save_class_grid, save_epoch_rows
 from minidiff.guidance import cfg
-from minidiff.mnist_pipeline import GUIDANCE, class_vectors, ddpm_timesteps
+from minidiff.mnist_pipeline import class_vectors, ddpm_timesteps
 from minidiff.samplers import iterative_denoise
 
 OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
-    guidance = GUIDANCE if ctx.guidance is None else ctx.guidance  # --guidance, or the shipped models' scale
-    run_dir = part_b_run(ctx, "ddpm-class")
-    save_loss(ctx, run_dir, "class-conditioned DDPM")
-
     per_class, steps = (1, 3) if ctx.quick else (4, 30)
-    labels = torch.arange(10).repeat(per_class)  # 0..9, 0..9, ...: one row of the grid per repeat
-    noise = torch.randn(labels.shape[0], 1, 28, 28, generator=ctx.generator(0))
+    guidance, run_dir, labels, noise = class_lesson_start(ctx, "ddpm-class", "class-conditioned DDPM", per_class)
 
     def sample(model, frames: bool = False):
         timesteps = ddpm_timesteps(model.config["T"], steps)  # 299, ..., 0, then -1: a last step to x0_hat

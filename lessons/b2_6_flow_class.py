@@ -15,23 +15,19 @@ digits (t = 1). Titles say how many samples the judge classifier reads as their 
 
 import torch
 
-from minidiff.course import LessonContext, judge_says, part_b_run, save_class_grid, save_epoch_rows, save_loss
+from minidiff.course import LessonContext, class_lesson_start, judge_says, save_class_grid, save_epoch_rows
 from minidiff.guidance import cfg
-from minidiff.mnist_pipeline import GUIDANCE, class_vectors, flow_time_grid
+from minidiff.mnist_pipeline import class_vectors, flow_time_grid
 from minidiff.samplers import flow_heun
 
 OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
-    guidance = GUIDANCE if ctx.guidance is None else ctx.guidance  # --guidance, or the shipped models' scale
-    run_dir = part_b_run(ctx, "flow-class")
-    save_loss(ctx, run_dir, "class-conditioned flow matching")
-
     per_class, steps = (1, 2) if ctx.quick else (4, 8)
+    guidance, run_dir, labels, noise = class_lesson_start(ctx, "flow-class", "class-conditioned flow matching",
+                                                          per_class)
     timesteps = flow_time_grid(steps)
-    labels = torch.arange(10).repeat(per_class)  # 0..9, 0..9, ...: one row of the grid per repeat
-    noise = torch.randn(labels.shape[0], 1, 28, 28, generator=ctx.generator(0))
 
     def sample(model, scale: float = guidance, n: int | None = None, frames: bool = False):
         y = labels[:n]

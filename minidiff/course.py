@@ -34,21 +34,15 @@ from minidiff.schedule import DDPMSchedule, strided_timesteps
 
 __all__ = [
     "LessonContext", "PartA", "part_a", "IF_PROMPTS", "I_STARTS", "sdedit_levels", "part_b_run", "save_loss",
-    "save_epoch_rows", "save_class_grid", "judge_says",
+    "class_lesson_start", "save_epoch_rows", "save_class_grid", "judge_says",
 ]
 
 # The course's prompts, and the digit that stands in for each on the MNIST path.
 IF_PROMPTS = {
-    "photo": "a high quality photo",
-    "village": "an oil painting of a snowy mountain village",
-    "man": "a photo of a man",
-    "rocket": "a rocket ship",
-    "hat": "a man wearing a hat",
-    "old_man": "an oil painting of an old man",
-    "campfire": "an oil painting of people around a campfire",
-    "skull": "a lithograph of a skull",
-    "waterfalls": "a lithograph of waterfalls",
-    "dog": "a photo of a dog",
+    "photo": "a high quality photo", "village": "an oil painting of a snowy mountain village",
+    "man": "a photo of a man", "rocket": "a rocket ship", "hat": "a man wearing a hat",
+    "old_man": "an oil painting of an old man", "campfire": "an oil painting of people around a campfire",
+    "skull": "a lithograph of a skull", "waterfalls": "a lithograph of waterfalls", "dog": "a photo of a dog",
     "pencil": "a pencil",
 }
 
@@ -376,6 +370,19 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
     return folder
 
 
+def class_lesson_start(ctx: LessonContext, recipe: str, what: str, per_class: int) -> tuple:
+    """(guidance, run folder, labels, noise) of a class-conditioned Part B lesson: --guidance or the shipped
+    models' scale; the run, its loss curve saved; labels 0..9 repeated per_class times (a grid row per
+    repeat) and one starting noise per label, the same for every model and epoch."""
+    from minidiff.mnist_pipeline import GUIDANCE
+
+    run_dir = part_b_run(ctx, recipe)
+    save_loss(ctx, run_dir, what)
+    labels = torch.arange(10).repeat(per_class)
+    noise = torch.randn(labels.shape[0], 1, 28, 28, generator=ctx.generator(0))
+    return (GUIDANCE if ctx.guidance is None else ctx.guidance), run_dir, labels, noise
+
+
 def save_loss(ctx: LessonContext, run_dir: Path, what: str, name: str = "loss.png") -> Path:
     """The run's training loss curve, titled "<what>: <how it was trained>"."""
     from minidiff.run_folder import plot_loss, trained_how
@@ -383,15 +390,9 @@ def save_loss(ctx: LessonContext, run_dir: Path, what: str, name: str = "loss.pn
     return plot_loss(run_dir, ctx.path(name), f"{what}: {trained_how(run_dir)}")
 
 
-def save_epoch_rows(
-    ctx: LessonContext,
-    name: str,
-    run_dir: Path,
-    sample: Callable[[Any], torch.Tensor],
-    rows_per_epoch: int = 1,
-    labels: torch.Tensor | None = None,
-    suptitle: str | None = None,
-) -> tuple[Any, torch.Tensor]:
+def save_epoch_rows(ctx: LessonContext, name: str, run_dir: Path, sample: Callable[[Any], torch.Tensor],
+                    rows_per_epoch: int = 1, labels: torch.Tensor | None = None,
+                    suptitle: str | None = None) -> tuple[Any, torch.Tensor]:
     """Samples of every saved epoch of a run: ``rows_per_epoch`` rows of 10 digits for each epoch.
 
     sample(model) -> (B, 1, 28, 28) in [0, 1], from the same noise for every epoch so that a
