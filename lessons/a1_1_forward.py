@@ -10,17 +10,19 @@ noise takes over. Denoising is learning to run this backwards.
 
 from minidiff.course import LessonContext, part_a
 
-OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
     ts = [a.scale_t(t) for t in (250, 500, 750)]
+    # --use FILE: the learner's forward(im, t, alphas_cumprod, noise) (minidiff exercise A1.1)
+    forward = ctx.use.get("forward", lambda im, t, alphas_cumprod, noise: a.schedule.add_noise(im, noise, t))
     noisy = []
     for i, t in enumerate(ts):
         eps = a.noise(1, ctx.generator(i))
-        noisy.append(a.schedule.add_noise(x0, eps, t))
+        noisy.append(forward(x0, t, a.schedule.alphas_cumprod, eps))
     titles = ["original"] + [f"t = {t}, sqrt(ab) = {a.schedule.alphas_cumprod[t].sqrt():.2f}" for t in ts]
     ctx.save_rows("forward.png", [[x0, *noisy]], [titles], value_range=a.value_range, cell=2.2)
 

@@ -13,7 +13,7 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a, save_upscaled
 from minidiff.guidance import cfg
 from minidiff.samplers import iterative_denoise
 
-OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -23,6 +23,10 @@ def run(ctx: LessonContext) -> None:
     rows, labels = [], []
     for scale in ([1.0, a.guidance_scale] if ctx.quick else [1.0, 3.0, a.guidance_scale]):
         den = cfg(a.model, cond, a.uncond(), scale)
+        if "cfg_eps" in ctx.use:  # --use FILE: the learner's cfg_eps(eps_uncond, eps_cond, scale) (exercise A1.6)
+            from minidiff.exercises.lesson_use import cfg_denoiser
+
+            den = cfg_denoiser(a.model, cond, a.uncond(), scale, ctx.use["cfg_eps"])
         x = iterative_denoise(den, a.noise(n, ctx.generator(0)), a.schedule, a.timesteps,
                               generator=ctx.generator(1), progress=ctx.progress)
         rows.append(list(x))

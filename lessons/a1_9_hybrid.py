@@ -18,7 +18,7 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.guidance import hybrid
 from minidiff.samplers import iterative_denoise
 
-OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -31,6 +31,11 @@ def run(ctx: LessonContext) -> None:
     for k, (low, high) in enumerate(pairs):
         den = hybrid(a.model, a.cond(*low), a.cond(*high), a.uncond(), a.guidance_scale,
                      kernel_size=kernel, sigma=sigma)
+        if "hybrid_eps" in ctx.use:  # --use FILE: the learner's hybrid_eps(eps_a, eps_b, kernel_size, sigma) (A1.9)
+            from minidiff.exercises.lesson_use import hybrid_denoiser
+
+            den = hybrid_denoiser(a.model, a.cond(*low), a.cond(*high), a.uncond(), a.guidance_scale, kernel, sigma,
+                                  ctx.use["hybrid_eps"])
         x = iterative_denoise(den, a.noise(1, ctx.generator(10 * k)), a.schedule, a.timesteps,
                               generator=ctx.generator(10 * k + 1), progress=ctx.progress)
         rows.append([x, from_afar(x, 4)])

@@ -20,7 +20,7 @@ from minidiff.course import LessonContext, part_b_run, save_epoch_rows, save_los
 from minidiff.mnist_pipeline import flow_time_grid
 from minidiff.samplers import flow_heun
 
-OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -32,10 +32,13 @@ def run(ctx: LessonContext) -> None:
     noise = torch.randn(n, 1, 28, 28, generator=ctx.generator(0))  # the same noise for every epoch
 
     def sample(model):  # model(x_t, t): a time-only model is a denoiser already
+        if "flow_sample" in ctx.use:  # --use FILE: the learner's Euler flow_sample(velocity, x0, num_steps) (B2.3)
+            return ctx.use["flow_sample"](model, noise.to(ctx.device), steps)
         return flow_heun(model, noise.to(ctx.device), model.schedule, timesteps, progress=ctx.progress)
 
     save_epoch_rows(ctx, "samples_by_epoch.png", run_dir, sample, rows_per_epoch=n // 10,
-                    suptitle=f"flow matching, time-conditioned: Heun, {steps} steps, same noise in each column")
+                    suptitle=f"flow matching, time-conditioned: {'your Euler' if ctx.use else 'Heun'}, {steps} steps, "
+                             "same noise in each column")
 
 
 if __name__ == "__main__":

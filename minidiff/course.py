@@ -65,6 +65,7 @@ class LessonContext:
     image: str | None = None  # a user's image file, for the lessons that edit one
     guidance: float | None = None  # classifier-free guidance scale; None: the model's own
     train: bool = False  # Part B: retrain instead of showing the shipped checkpoints
+    use: dict = field(default_factory=dict)  # --use FILE: the learner's functions by name, in place of minidiff's
     written: list[Path] = field(default_factory=list)
     said: set[str] = field(default_factory=set)  # notes already printed in this run of lessons
 

@@ -116,7 +116,7 @@ def load_lesson(info: LessonInfo) -> ModuleType:
 
 
 # The options only some lessons read, and the flag that sets each.
-FLAGS = {"image": "--image", "guidance": "--guidance", "train": "--train", "model": "--model"}
+FLAGS = {"image": "--image", "guidance": "--guidance", "train": "--train", "model": "--model", "use": "--use"}
 
 
 def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = None, **given) -> None:
@@ -137,6 +137,12 @@ def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = No
         from minidiff.data import load_image
 
         load_image(given["image"], size=8)  # FileNotFoundError / ValueError naming the file, before any work
+    if given.get("use") is not None:  # the learner's file: its exercise must be this lesson's, and it must import
+        from minidiff.exercises.lesson_use import learner_functions
+
+        if len(lessons) != 1:
+            raise ValueError("--use draws one lesson with your function: run minidiff lesson <its lesson> --use FILE")
+        learner_functions(given["use"], lessons[0].id)
     if given.get("guidance") is not None and not math.isfinite(given["guidance"]):
         raise ValueError(f"--guidance must be a finite number, got {given['guidance']}")
 
@@ -152,6 +158,10 @@ def run_lesson(info: LessonInfo, out: Path, run=None, **options) -> list[Path]:
     from minidiff.paths import output_dir
 
     check_options([info], **{k: options.get(k) for k in FLAGS})
-    ctx = LessonContext(out=output_dir(Path(out) / info.id), **options)
+    if options.get("use") is not None:
+        from minidiff.exercises.lesson_use import learner_functions
+
+        options["use"] = learner_functions(options["use"], info.id)
+    ctx = LessonContext(out=output_dir(Path(out) / info.id), **{k: v for k, v in options.items() if v is not None})
     (run or load_lesson(info).run)(ctx)
     return list(ctx.written)

@@ -152,7 +152,8 @@ def lesson_script(run: Callable, doc: str | None = None, argv: list[str] | None 
 
     def go(args: argparse.Namespace) -> int:
         for path in run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
-                               model=args.model, image=args.image, guidance=args.guidance, train=args.train):
+                               model=args.model, image=args.image, guidance=args.guidance, train=args.train,
+                               use=args.use):
             print(path)
         return 0
 

@@ -53,7 +53,7 @@ def lesson(args: argparse.Namespace) -> int:
 
     every = L.list_lessons()
     chosen = every if args.id.lower() == "all" else [L.find_lesson(args.id)]
-    given = dict(image=args.image, guidance=args.guidance, train=args.train, model=args.model)
+    given = dict(image=args.image, guidance=args.guidance, train=args.train, model=args.model, use=args.use)
     L.check_options(chosen, every, **given)  # every refusal before the first lesson starts
     output_dir(args.out)
     if len(chosen) > 1:

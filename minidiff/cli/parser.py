@@ -131,6 +131,9 @@ def add_lesson_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true",
                    help="Part B lessons: retrain the model (needs MNIST: $MINIDIFF_MNIST_DIR, or a download) "
                         "instead of using the shipped weights")
+    p.add_argument("--use", type=nonempty, default=None, metavar="FILE",
+                   help="your exercise file (minidiff exercise ID): the lesson draws its figures with your "
+                        "function in place of minidiff's (A1.1, A1.6, A1.9, B2.3)")
 
 
 def _add_lessons(sub) -> None:
