@@ -20,17 +20,19 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, value_range: tuple[float, float]) -
     mse = ((x - ref) ** 2).mean().clamp(min=1e-12)
     return float(10 * torch.log10((hi - lo) ** 2 / mse))
 
-OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
     kernel, sigma = (5, 2.0) if a.is_if else (5, 1.0)
+    # --use FILE: the learner's blur_denoise(x_t, kernel_size, sigma) (exercise A1.2)
+    blur = ctx.use.get("blur_denoise", gaussian_blur)
     rows, titles = [], []
     for i, t in enumerate(a.scale_t(t) for t in (250, 500, 750)):
         x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(i)), t)
-        blurred = gaussian_blur(x_t, kernel, sigma)
+        blurred = blur(x_t, kernel, sigma)
         rows.append([x_t, blurred])
         titles.append([f"t = {t}: {psnr(x_t, x0, a.value_range):.1f} dB",
                        f"blurred: {psnr(blurred, x0, a.value_range):.1f} dB"])

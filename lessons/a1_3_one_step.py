@@ -11,17 +11,23 @@ have produced x_t: one step cannot commit to details.
 from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.samplers import one_step_denoise
 
-OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
     den = a.conditional(a.cond(IF_PROMPTS["photo"], None))
+    estimate = lambda x_t, t: one_step_denoise(den, x_t, a.schedule, t)  # noqa: E731
+    if "one_step_denoise" in ctx.use:  # --use FILE: the learner's one_step_denoise(den, x_t, t, alphas_cumprod) (A1.3)
+        from minidiff.exercises.lesson_use import eps_denoiser
+
+        learner, eps = ctx.use["one_step_denoise"], eps_denoiser(den, a.device)
+        estimate = lambda x_t, t: learner(eps, x_t.cpu(), t, a.schedule.alphas_cumprod.cpu()).to(a.device)  # noqa: E731
     rows, titles = [], []
     for i, t in enumerate(a.scale_t(t) for t in (250, 500, 750)):
         x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(i)), t)
-        rows.append([x0, x_t, one_step_denoise(den, x_t, a.schedule, t)])
+        rows.append([x0, x_t, estimate(x_t, t)])
         titles.append(["original", f"noisy, t = {t}", "one-step estimate"])
     ctx.save_rows("one_step.png", rows, titles, value_range=a.value_range, cell=2.0)
 

@@ -12,7 +12,7 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.filters import gaussian_blur
 from minidiff.samplers import iterative_denoise, one_step_denoise
 
-OPTIONS = ("image",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -22,11 +22,23 @@ def run(ctx: LessonContext) -> None:
     t_start = a.timesteps[i_start]
     x_t = a.schedule.add_noise(x0, a.noise(1, ctx.generator(0)), t_start)
     den = a.conditional(a.cond(IF_PROMPTS["photo"], None))
-    x, states = iterative_denoise(den, x_t, a.schedule, a.timesteps, i_start=i_start, generator=ctx.generator(1),
-                                  progress=ctx.progress, return_intermediates=True)
+    if "iterative_denoise" in ctx.use:
+        # --use FILE: the learner's iterative_denoise(den, x, timesteps, alphas_cumprod, i_start, generator), with
+        # their ddpm_step inside (exercise A1.4); the states shown are the x_t their loop hands the denoiser
+        from minidiff.exercises.lesson_use import eps_denoiser
+
+        eps, states, ts = eps_denoiser(den, a.device), [], []
+        seen = lambda x, t: (states.append(x.to(a.device)), ts.append(int(t.reshape(-1)[0])), eps(x, t))[2]  # noqa
+        x = ctx.use["iterative_denoise"](seen, x_t.cpu(), a.timesteps, a.schedule.alphas_cumprod.cpu(), i_start,
+                                         ctx.generator(1)).to(a.device)
+        states.append(x)
+        ts.append(a.timesteps[-1])
+    else:
+        x, states = iterative_denoise(den, x_t, a.schedule, a.timesteps, i_start=i_start, generator=ctx.generator(1),
+                                      progress=ctx.progress, return_intermediates=True)
+        ts = a.timesteps[i_start:]
     # every 5th state of the loop, as the course shows it
     shown = list(range(0, len(states), 5))
-    ts = a.timesteps[i_start:]
     ctx.save_rows("trajectory.png", [[states[k] for k in shown]], [[f"t = {ts[k]}" for k in shown]],
                   value_range=a.value_range, cell=1.8)
     kernel, sigma = (5, 2.0) if a.is_if else (5, 1.0)

@@ -10,12 +10,22 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a, save_upscaled
 from minidiff.samplers import iterative_denoise
 
 
+OPTIONS = ("use",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+
+
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     n = 2 if ctx.quick else 5
     den = a.conditional(a.cond(IF_PROMPTS["photo"], 3))
-    x = iterative_denoise(den, a.noise(n, ctx.generator(0)), a.schedule, a.timesteps,
-                          generator=ctx.generator(1), progress=ctx.progress)
+    g = ctx.generator(0)  # draws x_T, then every step's noise
+    if "sample_from_noise" in ctx.use:
+        # --use FILE: the learner's sample_from_noise(den, shape, timesteps, alphas_cumprod, generator) (exercise A1.5)
+        from minidiff.exercises.lesson_use import eps_denoiser
+
+        x = ctx.use["sample_from_noise"](eps_denoiser(den, a.device), (n, *a.image_shape), a.timesteps,
+                                         a.schedule.alphas_cumprod.cpu(), g).to(a.device)
+    else:
+        x = iterative_denoise(den, a.noise(n, g), a.schedule, a.timesteps, generator=g, progress=ctx.progress)
     label = a.label(IF_PROMPTS["photo"], 3)
     ctx.save_rows("samples.png", [list(x)], [[f"sample {i + 1}" for i in range(n)]], value_range=a.value_range,
                   suptitle=f"no guidance: '{label}'")

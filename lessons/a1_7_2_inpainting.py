@@ -14,7 +14,7 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a, save_upscaled
 from minidiff.edit import inpaint
 from minidiff.guidance import cfg
 
-OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("image", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -28,9 +28,20 @@ def run(ctx: LessonContext) -> None:
         mask[..., : h // 2, :] = 1  # the top half of the digit
     den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)
     n = 1 if ctx.quick else 3
-    results = [inpaint(den, image, mask, a.schedule, a.timesteps, generator=ctx.generator(k), progress=ctx.progress,
-                       value_range=a.value_range)
-               for k in range(n)]
+    fill = lambda k: inpaint(den, image, mask, a.schedule, a.timesteps, generator=ctx.generator(k),  # noqa: E731
+                             progress=ctx.progress, value_range=a.value_range)
+    if ctx.use:
+        # --use FILE: the learner's inpaint(den, image, mask, timesteps, alphas_cumprod, generator) (exercise A1.7.2),
+        # or their repaint(..., resample_steps, generator) (A1.7.2b) at resample_steps = 1, plain inpainting
+        from minidiff.exercises.lesson_use import eps_denoiser
+
+        learner, args = ctx.use.get("inpaint"), ()
+        if learner is None:
+            learner, args = ctx.use["repaint"], (1,)
+        eps, ab = eps_denoiser(den, a.device), a.schedule.alphas_cumprod.cpu()
+        fill = lambda k: learner(eps, image.cpu(), mask.cpu(), a.timesteps, ab, *args,  # noqa: E731
+                                 ctx.generator(k)).to(a.device)
+    results = [fill(k) for k in range(n)]
     lo, hi = a.value_range
     hole = image * (1 - mask) + lo * mask
     ctx.save_rows(

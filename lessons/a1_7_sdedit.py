@@ -16,7 +16,7 @@ import torch
 from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, save_upscaled, sdedit_levels
 from minidiff.guidance import cfg
 
-OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("image", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -24,7 +24,17 @@ def run(ctx: LessonContext) -> None:
     image = a.test_image()
     den = cfg(a.model, a.cond(IF_PROMPTS["photo"], None), a.uncond(), a.guidance_scale)
     i_starts = [1, 10] if ctx.quick else I_STARTS
-    row, titles = sdedit_levels(ctx, a, image, den, i_starts)
+    if "sdedit" in ctx.use:
+        # --use FILE: the learner's sdedit(den, image, timesteps, alphas_cumprod, i_start, generator) (exercise A1.7),
+        # with the generators and titles of sdedit_levels
+        from minidiff.exercises.lesson_use import eps_denoiser
+
+        eps, ab = eps_denoiser(den, a.device), a.schedule.alphas_cumprod.cpu()
+        row = [ctx.use["sdedit"](eps, image.cpu(), a.timesteps, ab, i, ctx.generator(k)).to(a.device)
+               for k, i in enumerate(i_starts)] + [image]
+        titles = [f"i_start {i} (t {a.timesteps[i]})" for i in i_starts] + ["original"]
+    else:
+        row, titles = sdedit_levels(ctx, a, image, den, i_starts)
     ctx.save_rows("sdedit.png", [row], [titles], value_range=a.value_range, cell=1.8)
     save_upscaled(ctx, a, "sdedit_256.png", torch.cat(row[:-1]), a.cond(IF_PROMPTS["photo"], None), titles[:-1],
                   "SDEdit", seed=100)

@@ -24,6 +24,12 @@ from minidiff.views import get_view
 def make(ctx: LessonContext, a, view, first, second, seed: int) -> torch.Tensor:
     den = anagram(a.model, [(get_view("identity"), a.cond(*first)), (view, a.cond(*second))], a.uncond(),
                   a.guidance_scale)
+    if "anagram_eps" in ctx.use:
+        # --use FILE: the learner's anagram_eps(predict_a, predict_b, x_t, view, inverse) (exercise A1.8)
+        from minidiff.exercises.lesson_use import anagram_denoiser
+
+        den = anagram_denoiser(a.model, view, a.cond(*first), a.cond(*second), a.uncond(), a.guidance_scale,
+                               ctx.use["anagram_eps"])
     return iterative_denoise(den, a.noise(1, ctx.generator(seed)), a.schedule, a.timesteps,
                              generator=ctx.generator(seed + 1), progress=ctx.progress)
 
@@ -34,7 +40,7 @@ def upscale(ctx: LessonContext, a, view, first, second, x: torch.Tensor, seed: i
     return a.upscale(x, conds, a.uncond(), views=[get_view("identity"), view], generator=ctx.generator(seed + 2))
 
 
-OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:

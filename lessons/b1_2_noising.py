@@ -15,16 +15,23 @@ import torch
 from minidiff.course import LessonContext, sample_digits_real
 
 SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
+OPTIONS = ("use",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
     images, labels = sample_digits_real()
     classes = [0, 4, 7] if ctx.quick else [0, 2, 4, 7, 9]
     x = torch.stack([images[labels == c][0] for c in classes])
+
+    def add_noise(x_k: torch.Tensor, sigma: float, eps: torch.Tensor) -> torch.Tensor:
+        if "add_noise" in ctx.use:  # --use FILE: the learner's add_noise(x, sigma, noise) (exercise B1.2), batch of 1
+            return ctx.use["add_noise"](x_k[None], sigma, eps[None])[0]
+        return x_k + sigma * eps
+
     rows = []
     for k, x_k in enumerate(x):
         eps = torch.randn(x_k.shape, generator=ctx.generator(k))  # the same noise at every sigma
-        rows.append([x_k + sigma * eps for sigma in SIGMAS])
+        rows.append([add_noise(x_k, sigma, eps) for sigma in SIGMAS])
     titles = [[f"sigma = {sigma:g}" for sigma in SIGMAS]] + [[] for _ in rows[1:]]
     ctx.save_rows("noising.png", rows, titles, value_range=(0.0, 1.0), suptitle="z = x + sigma eps")
 

@@ -24,7 +24,7 @@ from minidiff.course import LessonContext, part_b_run, save_epoch_rows, save_los
 from minidiff.mnist_pipeline import ddpm_timesteps
 from minidiff.samplers import iterative_denoise
 
-OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -42,6 +42,16 @@ def run(ctx: LessonContext) -> None:
         def den(x_t, t):
             return model(x_t, t, model.uncond(x_t.shape[0]))  # a time-only model ignores the condition
 
+        if "ddpm_sample" in ctx.use:  # --use FILE: the learner's ddpm_sample(model, x, timesteps, alphas_cumprod,
+            # generator) (exercise B2.3.1); its UNet takes t / T, which the MNIST model gets as t and divides by T.
+            # The learner's loop runs on the CPU (its z come from a CPU generator), the UNet on ctx.device.
+            T = model.config["T"]
+
+            def unet(x_t, t_over_T):
+                t = torch.as_tensor(t_over_T, device=ctx.device) * T
+                return den(x_t.to(ctx.device), t).to(x_t.device)
+
+            return ctx.use["ddpm_sample"](unet, noise, timesteps, model.schedule.alphas_cumprod.cpu(), ctx.generator(1))
         return iterative_denoise(den, noise.to(ctx.device), model.schedule, timesteps, generator=ctx.generator(1),
                                  progress=ctx.progress)
 

@@ -20,7 +20,7 @@ from minidiff.guidance import cfg
 from minidiff.mnist_pipeline import class_vectors, flow_time_grid
 from minidiff.samplers import flow_heun
 
-OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("train", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
 def run(ctx: LessonContext) -> None:
@@ -29,14 +29,30 @@ def run(ctx: LessonContext) -> None:
                                                           per_class)
     timesteps = flow_time_grid(steps)
 
+    def learners_sample(model, x0: torch.Tensor, c: torch.Tensor, scale: float, frames: bool):
+        """--use FILE: the learner's cfg_flow_sample(model, x0, c, num_steps, guidance_scale) (exercise B2.6), Euler
+        on the same grid; for the GIF, the states are the x_t the model is asked about, one per time, then the end."""
+        states: dict[float, torch.Tensor] = {}
+
+        def watched(x_t, t, cond):
+            states.setdefault(round(float(torch.as_tensor(t).reshape(-1)[0]), 6), x_t[: x0.shape[0]])
+            return model(x_t, t, cond)
+
+        x = ctx.use["cfg_flow_sample"](watched if frames else model, x0, c, steps, scale)
+        return (x, [states[k] for k in sorted(states)] + [x]) if frames else x
+
     def sample(model, scale: float = guidance, n: int | None = None, frames: bool = False):
         y = labels[:n]
+        if "cfg_flow_sample" in ctx.use:
+            return learners_sample(model, noise[: y.shape[0]].to(ctx.device), class_vectors(y, ctx.device), scale,
+                                   frames)
         den = cfg(model, class_vectors(y, ctx.device), model.uncond(1), scale)
         return flow_heun(den, noise[: y.shape[0]].to(ctx.device), model.schedule, timesteps,
                          progress=ctx.progress, return_intermediates=frames)
 
     model, x = save_epoch_rows(ctx, "samples_by_epoch.png", run_dir, sample, labels=labels,
-                               suptitle=f"guidance {guidance:g}, Heun {steps} steps, same noise in each column "
+                               suptitle=f"guidance {guidance:g}, {'your Euler' if ctx.use else 'Heun'} {steps} steps, "
+                                        "same noise in each column "
                                         f"(judge over {labels.shape[0]} samples)")
     save_class_grid(ctx, "cfg_grid.png", x, labels, f"final model, guidance {guidance:g}")
     ctx.save_sampling_gif("sampling.gif", sample(model, frames=True)[1])

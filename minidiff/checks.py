@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Iterable
 
 import torch
 
@@ -331,3 +332,17 @@ def model_output(x_t: object, output: object) -> None:
             f"{2 * c} channels (eps + learned-range variance), with x_t's batch and image size "
             f"{tuple(x_t.shape[2:])}; got {tuple(output.shape)}"
         )
+
+
+def nonempty_list(items: object, name: str, what: str, empty: str) -> list:
+    """items as a list; ValueError unless an iterable other than a string, with at least one item.
+
+    what: what the items are ("strings"); empty: the message when there are none.
+    """
+    if isinstance(items, str) or not isinstance(items, Iterable):
+        got = f"not a single string: write [{items!r:.60}]" if isinstance(items, str) else f"got {type(items).__name__}"
+        raise ValueError(f"{name} must be a list of {what}, {got}")
+    items = list(items)
+    if not items:
+        raise ValueError(empty)
+    return items

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from minidiff.checks import finite_tensor, integer, value_range as range_of
+from minidiff.checks import finite_tensor, integer, nonempty_list, value_range as range_of
 
 __all__ = [
     "MNIST_ENV", "HELDOUT_START", "read_idx", "find_mnist_dir", "load_mnist", "training_set",
@@ -353,11 +353,7 @@ def save_gif(frames: Sequence[torch.Tensor] | Iterable[torch.Tensor], path: str 
 
     The last frame is held for ``hold_last_ms`` so the result can be seen before it loops.
     """
-    if not isinstance(frames, Iterable):
-        raise ValueError(f"frames must be a list of image tensors, got {type(frames).__name__}")
-    frames = list(frames)
-    if not frames:
-        raise ValueError("save_gif needs at least one frame, got none in frames")
+    frames = nonempty_list(frames, "frames", "image tensors", "save_gif needs at least one frame, got none in frames")
     for k, frame in enumerate(frames):
         _check_saveable(frame, f"frames[{k}]")
         if frame.shape != frames[0].shape:

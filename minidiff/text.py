@@ -22,9 +22,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
+
+from minidiff.checks import nonempty_list
 
 from minidiff.hub import HubAccessError
 
@@ -47,13 +49,8 @@ _KEY_PREFIX = "prompt:"  # safetensors keys must be non-empty; the empty prompt 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:
     """prompts as a list; ValueError unless it is a non-empty list of strings."""
-    if isinstance(prompts, str):
-        raise ValueError(f"prompts must be a list of strings, not a single string: write [{prompts!r:.60}]")
-    if not isinstance(prompts, Iterable):
-        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError('prompts is empty; give at least one prompt (the empty prompt "" is the CFG null prompt)')
+    prompts = nonempty_list(prompts, "prompts", "strings",
+                            'prompts is empty; give at least one prompt (the empty prompt "" is the CFG null prompt)')
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise ValueError(f"prompts[{i}] must be a string, got {type(p).__name__}")

@@ -6,7 +6,13 @@ tensors (an eps, a velocity), so the two that combine a model's predictions are 
 into the denoisers the samplers drive:
 
     cfg_denoiser     den(x_t, t) = cfg_eps(eps_u, eps_c, scale)                       (A1.6)
+    anagram_denoiser den(x_t, t) = anagram_eps(cfg(., A), cfg(., B), x_t, view, inverse) (A1.8)
     hybrid_denoiser  den(x_t, t) = hybrid_eps(cfg(x_t, far), cfg(x_t, near), k, sigma)  (A1.9)
+
+The learner's loops (A1.3-A1.5, A1.7, A1.7.2) take a denoiser that returns eps and keep their
+state where their CPU generator draws: ``eps_denoiser`` hands them minidiff's denoiser so,
+the eps half only (on IF their steps use the fixed posterior variance, as the exercise's do,
+not IF's learned range), the model run on its own device.
 
 For IF's 2C outputs the learner's rule acts on the eps half; the variance half is taken as
 ``minidiff.guidance`` takes it (the conditional branch's; for a hybrid, the mean of both).
@@ -19,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["learner_functions", "cfg_denoiser", "hybrid_denoiser"]
+__all__ = ["learner_functions", "eps_denoiser", "cfg_denoiser", "anagram_denoiser", "hybrid_denoiser"]
 
 
 def _watched(fn: Callable, name: str, path: Path) -> Callable:
@@ -61,6 +67,17 @@ def _eps_and_var(x_t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, to
     return (out, None) if out.shape[1] == c else (out[:, :c], out[:, c:])
 
 
+def eps_denoiser(den: Callable, device: torch.device | str) -> Callable:
+    """den as the exercises' denoiser: the eps half of its output, on the device of the x_t given
+    (the model itself runs on ``device``)."""
+
+    def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = den(x_t.to(device), torch.as_tensor(t).to(device))
+        return _eps_and_var(x_t, out)[0].to(x_t.device)
+
+    return eps
+
+
 def cfg_denoiser(model, cond: torch.Tensor, uncond: torch.Tensor, scale: float, cfg_eps: Callable):
     """den(x_t, t): the learner's cfg_eps of the model's unconditional and conditional predictions."""
 
@@ -70,6 +87,32 @@ def cfg_denoiser(model, cond: torch.Tensor, uncond: torch.Tensor, scale: float, 
         eps_u, _ = _eps_and_var(x_t, model(x_t, t, uncond.expand(batch, *uncond.shape[1:])))
         eps = cfg_eps(eps_u, eps_c, scale)
         return eps if var_c is None else torch.cat([eps, var_c], dim=1)
+
+    return den
+
+
+def anagram_denoiser(model, view, cond_a: torch.Tensor, cond_b: torch.Tensor, uncond: torch.Tensor, scale: float,
+                     anagram_eps: Callable):
+    """den(x_t, t): the learner's anagram_eps of the guided predictions of prompt A (as seen) and
+    prompt B (under ``view``, a minidiff.views.View). IF's variance half is minidiff.guidance.anagram's."""
+    from minidiff.guidance import cfg
+
+    den_a, den_b = cfg(model, cond_a, uncond, scale), cfg(model, cond_b, uncond, scale)
+
+    def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        var = []
+
+        def predict(d: Callable, inverse: Callable) -> Callable:
+            def eps(x: torch.Tensor) -> torch.Tensor:
+                e, v = _eps_and_var(x, d(x, t))
+                if v is not None:
+                    var.append(inverse(v) * inverse(torch.ones_like(v)))  # moved with the pixels, sign kept
+                return e
+
+            return eps
+
+        eps = anagram_eps(predict(den_a, lambda v: v), predict(den_b, view.inverse), x_t, view.view, view.inverse)
+        return eps if not var else torch.cat([eps, torch.stack(var).mean(0)], dim=1)
 
     return den
 
