@@ -175,10 +175,12 @@ def _umask() -> int:
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file.
 
-    The file gets the mode a plain open() gives, 0o666 less the umask: some writers (safetensors)
-    create 0o600 files, which the user's group could not read.
+    The temporary name keeps path's suffix, for writers that go by it (np.savez adds ".npz" to a
+    name without it; matplotlib picks the format from it). The file gets the mode a plain open()
+    gives, 0o666 less the umask: some writers (safetensors) create 0o600 files, which the user's
+    group could not read.
     """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         write(str(tmp))
         os.chmod(tmp, 0o666 & ~_umask())

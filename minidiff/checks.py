@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "SEED_MAX", "real_number", "integer", "seed", "value_range", "finite_tensor", "finite_run", "image_batch",
     "batch_tensor", "same_shape", "timestep_tensor", "real_in", "callable_arg", "torch_generator", "model_output",
+    "nonempty_list",
 ]
 
 SEED_MAX = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a seed of its own

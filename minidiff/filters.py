@@ -48,7 +48,7 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0, pa
     r = len(g) // 2
     mode = _PADDING[blur_padding(padding, _PADDING, len(g), h, w)]
     y = x.to(work).reshape(b * c, 1, h, w)
-    y = F.pad(y, (r, r, r, r), mode=mode) if mode != "constant" else F.pad(y, (r, r, r, r))
+    y = F.pad(y, (r, r, r, r), mode=mode)
     y = F.conv2d(y, g.view(1, 1, 1, -1))  # along W
     y = F.conv2d(y, g.view(1, 1, -1, 1))  # along H
     return y.reshape(b, c, h, w).to(x.dtype)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from minidiff.betas import cosine_betas
-from minidiff.checks import finite_tensor, image_batch, integer, torch_generator
+from minidiff.checks import finite_tensor, image_batch, integer, invertible_view, torch_generator
 from minidiff.guidance import anagram, cfg, hybrid as hybrid_rule
 from minidiff.models.if_config import IFUNetConfig
 from minidiff.models.if_unet import check_image_size
@@ -257,7 +257,7 @@ def _check_stage2(unet, low_res, prompt_embeds, negative_embeds, noise_level, he
         raise ValueError(f"hybrid must be (kernel_size, sigma), got {hybrid!r:.80}")
     if hybrid is not None and n_prompts != 2:
         raise ValueError(f"hybrid: prompt_embeds must hold two prompts (far, near), got {n_prompts}")
-    views = None if views is None else [get_view(v) if isinstance(v, str) else v for v in views]
+    views = None if views is None else [get_view(v) if isinstance(v, str) else invertible_view(v) for v in views]
     if views is not None and len(views) != n_prompts:
         raise ValueError(f"views: one prompt embedding per view, got {len(views)} views and {n_prompts} prompts")
     image_batch(low_res, "low_res", channels=3)

@@ -137,12 +137,8 @@ def check_options(lessons: list[LessonInfo], every: list[LessonInfo] | None = No
         from minidiff.data import load_image
 
         load_image(given["image"], size=8)  # FileNotFoundError / ValueError naming the file, before any work
-    if given.get("use") is not None:  # the learner's file: its exercise must be this lesson's, and it must import
-        from minidiff.exercises.lesson_use import learner_functions
-
-        if len(lessons) != 1:
-            raise ValueError("--use draws one lesson with your function: run minidiff lesson <its lesson> --use FILE")
-        learner_functions(given["use"], lessons[0].id)
+    if given.get("use") is not None and len(lessons) != 1:  # the file itself is loaded once, by run_lesson
+        raise ValueError("--use draws one lesson with your function: run minidiff lesson <its lesson> --use FILE")
     if given.get("guidance") is not None and not math.isfinite(given["guidance"]):
         raise ValueError(f"--guidance must be a finite number, got {given['guidance']}")
 
@@ -151,7 +147,7 @@ def run_lesson(info: LessonInfo, out: Path, run=None, **options) -> list[Path]:
     """Run one lesson; its figures go to out/<id>/. Returns the files it wrote.
 
     options: the LessonContext fields (quick, seed, device, model, progress, image, guidance,
-    train, said). An option the lesson does not read (see ``LessonInfo.options``) is an error.
+    train, said; use: the learner's file, loaded here into their functions). An option the lesson does not read (see ``LessonInfo.options``) is an error.
     ``run``: the lesson's run(ctx) when its script is already running (``python lessons/<script>.py``).
     """
     from minidiff.course import LessonContext

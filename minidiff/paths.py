@@ -24,9 +24,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
-__all__ = ["shipped_dir", "lessons_dir", "weights_dir", "output_dir", "output_file", "write_atomically"]
+__all__ = ["shipped_dir", "lessons_dir", "weights_dir", "output_dir", "output_file"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -98,23 +97,3 @@ def output_file(path: str | os.PathLike, suffix: str, what: str = "--out") -> Pa
     output_dir(file.parent, what=f"{what} {file}: its folder")
     return file
 
-
-def _user_mode() -> int:
-    """The mode a plain open() gives a new file: 0o666 without the bits of this process's umask."""
-    umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
-    """write(tmp) into a file beside out, give it the user's usual mode, and rename it to out:
-    an existing out is replaced whole or not at all, and no half-written file is left behind."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=out.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _user_mode())  # mkstemp made it 0600, private to this user
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

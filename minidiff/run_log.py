@@ -80,7 +80,8 @@ def plot_loss(folder: str | os.PathLike, path: str | os.PathLike | None = None, 
     import matplotlib.pyplot as plt
 
     log = read_loss_log(folder)
-    cfg = json.loads((Path(folder) / "config.json").read_text())  # the run's settings and steps_per_epoch
+    # the run's settings (steps_per_epoch), read here: run_folder.read_run_config imports this module
+    cfg = json.loads((Path(folder) / "config.json").read_text())
     steps_per_epoch = cfg.get("steps_per_epoch") or max(1, len(log))
     epoch = np.array([s for s, _ in log]) / steps_per_epoch
     loss = np.array([v for _, v in log])

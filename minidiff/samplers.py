@@ -41,15 +41,14 @@ import torch
 from tqdm.auto import tqdm
 
 from minidiff.checks import callable_arg, finite_run, finite_tensor, image_batch, model_output as model_output_fits
-from minidiff.checks import real_number, torch_generator as check_generator
+from minidiff.checks import real_number, torch_generator
 from minidiff.checks_sampling import denoiser_output, sampler_timesteps
-from minidiff.schedule import DDPMSchedule, FlowSchedule, Schedule, check_schedule, split_output
+from minidiff.schedule import DDPMSchedule, FlowSchedule, Schedule, _draw, check_schedule, split_output
 
 __all__ = [
     "Denoiser",
     "Callback",
     "Loop",
-    "check_generator",
     "check_loop_args",
     "run_denoiser",
     "one_step_denoise",
@@ -87,7 +86,7 @@ def check_loop_args(
     callable_arg(den, "den", "a denoiser, a callable den(x_t, t)")
     image_batch(x, x_name)
     finite_tensor(x, x_name)
-    check_generator(generator)
+    torch_generator(generator)
     if callback is not None:
         callable_arg(callback, "callback", "callable as callback(i, t, x_t, x0_hat)")
     flow = isinstance(schedule, FlowSchedule)
@@ -224,9 +223,7 @@ def _ddim_update(schedule: DDPMSchedule, x_t: torch.Tensor, model_output: torch.
     sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
     x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps.to(ab_t.dtype)
     if eta > 0:
-        z = noise if noise is not None else torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype,
-                                                        device=x_t.device)
-        x_prev = x_prev + sigma * z.to(ab_t.dtype)
+        x_prev = x_prev + sigma * _draw(noise, generator, x_t).to(ab_t.dtype)
     return x_prev.to(x_t.dtype)
 
 

@@ -50,7 +50,7 @@ from torch import Generator, Tensor
 
 from minidiff import checks, checks_sampling as check
 from minidiff.betas import _dynamic_threshold, cosine_betas, linear_betas
-from minidiff.checks import batch_tensor, integer, real_in, real_number, same_shape, value_range
+from minidiff.checks import batch_tensor, integer, one_of, real_in, real_number, same_shape, value_range
 
 Timestep = Union[int, float, Tensor]
 MAX_STEPS = 100_000  # the longest timestep list built here: far past any use, far below a hang
@@ -401,10 +401,9 @@ class FlowSchedule:
         num_steps = integer(num_steps, "num_steps", minimum=1, maximum=MAX_STEPS)
         t_start, t_end = real_number(t_start, "t_start"), real_number(t_end, "t_end")
         power = real_number(power, "power", positive=True)
-        if not 0.0 <= t_start < t_end <= 1.0 or grid not in FLOW_GRIDS:
-            raise ValueError(f"need 0 <= t_start < t_end <= 1, got {t_start}, {t_end}" if grid in FLOW_GRIDS else
-                             f"unknown time grid {grid!r}; choose {', '.join(FLOW_GRIDS)}")
-        warp = FLOW_GRIDS[grid]
+        warp = FLOW_GRIDS[one_of(grid, FLOW_GRIDS, "time grid")]
+        if not 0.0 <= t_start < t_end <= 1.0:
+            raise ValueError(f"need 0 <= t_start < t_end <= 1, got {t_start}, {t_end}")
         return [t_start + (t_end - t_start) * warp(i / num_steps, power) for i in range(num_steps + 1)]
 
 

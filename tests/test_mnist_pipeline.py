@@ -11,8 +11,8 @@ import torch
 from minidiff import mnist_pipeline as P
 from minidiff.cli import main
 from minidiff.metrics import faint_share, judge_accuracy
-from minidiff.recipes import build_from_config, recipe_config
-from minidiff.run_folder import save_checkpoint
+from minidiff.recipes import recipe_config
+from tiny_models import tiny_checkpoints as make_tiny_checkpoints
 
 
 class Recorder(torch.nn.Module):
@@ -64,13 +64,7 @@ def test_time_grids_and_ddpm_timesteps():
 
 @pytest.fixture
 def tiny_checkpoints(tmp_path):
-    torch.manual_seed(0)
-    out = {}
-    for recipe in ("flow-class", "ddpm-class"):
-        cfg = recipe_config(recipe, num_hiddens=4)
-        save_checkpoint(build_from_config(cfg).eval(), cfg, tmp_path / recipe)
-        out[recipe] = tmp_path / recipe
-    return out
+    return make_tiny_checkpoints(tmp_path)
 
 
 @pytest.mark.parametrize("recipe,method,steps", [("flow-class", "heun", 3), ("flow-class", "euler", 4), ("ddpm-class", "ddpm", 5)])

@@ -28,8 +28,8 @@ from minidiff.cli import main
 from minidiff.edit import image_to_image, inpaint, sdedit
 from minidiff.figures import grid_figure, rows_figure
 from minidiff.if_pipeline import if_stage1
-from minidiff.recipes import build_from_config, recipe_config
-from minidiff.run_folder import save_checkpoint
+from minidiff.recipes import recipe_config
+from tiny_models import tiny_checkpoints
 from minidiff.samplers import ddim, flow_euler, flow_heun, iterative_denoise, one_step_denoise
 from minidiff.schedule import DDPMSchedule, FlowSchedule, strided_timesteps
 
@@ -77,14 +77,7 @@ def huge_png(path: Path, width: int, height: int) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Width-4 flow-class and ddpm-class checkpoints (random weights): fast stand-ins for the shipped ones."""
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    out = {}
-    for recipe in ("flow-class", "ddpm-class"):
-        cfg = recipe_config(recipe, num_hiddens=4)
-        save_checkpoint(build_from_config(cfg).eval(), cfg, root / recipe)
-        out[recipe] = root / recipe
-    return out
+    return tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

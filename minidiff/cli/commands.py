@@ -97,7 +97,8 @@ def sample_digits(args: argparse.Namespace) -> int:
     import numpy as np
 
     from minidiff import mnist_pipeline as P
-    from minidiff.paths import output_file, write_atomically
+    from minidiff.checkpoint import atomic_write
+    from minidiff.paths import output_file
 
     out = output_file(args.out, ".npz")
     png = output_file(args.png or out.with_suffix(".png"), ".png", "--png")
@@ -105,11 +106,11 @@ def sample_digits(args: argparse.Namespace) -> int:
     model = P.load_mnist_model(name, device=args.device, compile=args.compile)
     settings = P.sampler_settings(model, steps=args.steps, guidance=args.guidance, final_denoise=args.final_denoise)
     images, labels = P.sample_digits(model, args.per_class, seed=args.seed, device=args.device, settings=settings)
-    write_atomically(out, lambda tmp: np.savez(tmp, images=images, labels=labels))
+    atomic_write(out, lambda tmp: np.savez(tmp, images=images, labels=labels))
     shown = min(args.per_class, P.GRID_COLUMNS)
     title = f"{Path(name).name}, seed {args.seed}" + (
         f": the first {shown} of {args.per_class} per class" if shown < args.per_class else "")
-    write_atomically(png, lambda tmp: P.save_digit_grid(tmp, images, labels, title=title))
+    atomic_write(png, lambda tmp: P.save_digit_grid(tmp, images, labels, title=title))
     what = "them" if shown == args.per_class else f"the first {shown} of each class"
     print(f"wrote {images.shape[0]} digits to {out} and a grid of {what} to {png}")
     return 0

@@ -143,7 +143,7 @@ def _exercise_of(text: str, path: Path) -> Exercise:
     if match:
         try:
             return get_exercise(match.group(1).replace("_", "."))
-        except ValueError:
+        except ValueError:  # a name like an id that is none: the error below says what to add
             pass
     raise ValueError(f"{path} does not say which exercise it is: add a line such as EXERCISE = \"A1.4\" "
                      f"(the starters of `minidiff exercise ID --out DIR` have one)")
@@ -270,7 +270,7 @@ def _record(path: Path, report: Report) -> None:
         records[path.name] = {"exercise": report.exercise.id, "sha256": _digest(path.read_text(encoding="utf-8")),
                               "passed": len(report.passed), "checks": len(report.exercise.checks), "ok": report.ok}
         record_path.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # unwritable folder, unreadable record: the check's report stands without it
         pass
 
 

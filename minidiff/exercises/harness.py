@@ -270,7 +270,7 @@ def call(fn: Callable, *args: Any, name: str | None = None, like: torch.Tensor |
     except Exception as err:  # the learner's bug, reported in a line, never as the checker's traceback
         raise CheckFailed(f"{name} raised {type(err).__name__}: {err}{_where(err, fn)}", inputs=inputs,
                           key="raised") from err
-    _last.record = CallRecord(fn, name, clone_args(before), out)
+    _last.record = CallRecord(fn, name, before, out)  # before is already a private copy
     for k, (a, b) in enumerate(zip(args, before)):
         if isinstance(a, torch.Tensor) and not _same(a, b):
             raise CheckFailed(f"{name} changed its argument {_param_name(fn, k)} in place (an in-place op such as "
@@ -311,14 +311,13 @@ def _check_output(name: str, out: Any, like: torch.Tensor | None, like_name: str
     if like is not None and out.shape != like.shape:
         raise CheckFailed(f"{name} returned shape {tuple(out.shape)}, but {like_name} has shape "
                           f"{tuple(like.shape)} and the result must have it too", inputs=inputs, key="shape")
-    ref = like if like is not None else None
-    if ref is not None and out.dtype != ref.dtype:
-        raise CheckFailed(f"{name} returned dtype {out.dtype} for {like_name} of dtype {ref.dtype}; keep the "
+    if like is not None and out.dtype != like.dtype:
+        raise CheckFailed(f"{name} returned dtype {out.dtype} for {like_name} of dtype {like.dtype}; keep the "
                           "input's dtype (no .float() or new tensors of another dtype)", inputs=inputs, key="dtype",
                           hint="Make new tensors like the inputs (torch.zeros_like(x), torch.randn(shape, "
                                "dtype=x.dtype, generator=...)) and leave out .float() and .double().")
-    if ref is not None and out.device != ref.device:
-        raise CheckFailed(f"{name} returned a tensor on {out.device} for {like_name} on {ref.device}; make new "
+    if like is not None and out.device != like.device:
+        raise CheckFailed(f"{name} returned a tensor on {out.device} for {like_name} on {like.device}; make new "
                           "tensors on the input's device", inputs=inputs, key="device",
                           hint="Make new tensors with device=x.device (or torch.zeros_like(x)).")
     if out.is_floating_point() and not bool(torch.isfinite(out.detach()).all()):
