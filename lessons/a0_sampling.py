@@ -1,3 +1,21 @@
+# %% [markdown]
+# # A0 Sampling: prompts in, images out, at several numbers of denoising steps
+#
+# The whole pipeline in one picture before we take it apart. Start from pure noise
+# $x_T \sim \mathcal N(0, I)$ and walk a strided list of timesteps $t_0 > t_1 > \dots > 0$. At each
+# step the model predicts the noise in $x_t$ twice, with the prompt $c$ and with the empty prompt
+# $\varnothing$; classifier-free guidance combines the two, and a DDPM step moves to the next timestep $t'$:
+#
+# $$\hat\epsilon = \epsilon_\theta(x_t, t, \varnothing) + s\,\big(\epsilon_\theta(x_t, t, c) - \epsilon_\theta(x_t, t, \varnothing)\big),
+# \qquad x_{t'} = \mathrm{DDPM\ step}(x_t, \hat\epsilon, t \to t')$$
+#
+# Fewer steps (a bigger stride) is faster and rougher; more steps is slower and finer.
+#
+# Part A runs on DeepFloyd IF stage I when its weights are on this machine (`minidiff fetch if-i-xl`);
+# otherwise on the shipped class-conditional MNIST model, with a digit class standing in for each
+# prompt. With IF stage II here too, the last row is also upscaled from 64 to 256 pixels.
+
+# %%
 """A0 Sampling: prompts in, images out, at several numbers of denoising steps.
 
 The whole pipeline in one picture before we take it apart. Start from pure noise
@@ -22,6 +40,13 @@ from minidiff.schedule import strided_timesteps
 OPTIONS = ("guidance",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` takes three prompts (digits 2, 5 and 8 on MNIST) and samples each from the same noise at
+# strides 50, 30 and 10 of the course's 1000-step schedule (scaled to the model's $T$; quick mode:
+# stride 50 only). `samples_by_steps.png` has one row per number of steps.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     prompts = [(IF_PROMPTS["village"], 2), (IF_PROMPTS["hat"], 5), (IF_PROMPTS["rocket"], 8)]
@@ -50,6 +75,7 @@ def run(ctx: LessonContext) -> None:
         ctx.save_grid("samples_256.png", big, nrow=len(prompts), value_range=a.value_range)  # at full size
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,18 @@
+# %% [markdown]
+# # A1.2 The classical baseline: denoising by Gaussian blur
+#
+# Before any network: noise is high-frequency, so a low-pass filter removes much of it,
+#
+# $$\hat x_0 = G_\sigma * x_t,$$
+#
+# but it removes the image's own edges with it, and it cannot undo the $\sqrt{\bar\alpha_t}$ fading.
+# Each title gives the peak signal-to-noise ratio against the clean image, for images in $[lo, hi]$,
+#
+# $$\mathrm{PSNR} = 10 \log_{10} \frac{(hi - lo)^2}{\operatorname{mean}\,(\hat x_0 - x_0)^2}\ \text{dB};$$
+#
+# the diffusion model must beat it.
+
+# %%
 """A1.2 The classical baseline: denoising by Gaussian blur.
 
 Before any network: noise is high-frequency, so a low-pass filter removes much of it,
@@ -23,6 +38,13 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, value_range: tuple[float, float]) -
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` noises the test image to $t$ = 250, 500 and 750 of 1000, blurs each noisy image (kernel 5,
+# $\sigma$ = 2 on IF, 1 on MNIST) and saves the pairs as `blur_denoising.png`, with the PSNR of both.
+# With `USE`, your `blur_denoise(x_t, kernel_size, sigma)` of exercise A1.2 blurs.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
@@ -40,6 +62,7 @@ def run(ctx: LessonContext) -> None:
                   suptitle=f"Gaussian blur, kernel {kernel}, sigma {sigma}")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

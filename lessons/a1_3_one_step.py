@@ -1,3 +1,15 @@
+# %% [markdown]
+# # A1.3 One-step denoising: the model's guess of $x_0$ from a single call
+#
+# The network predicts the noise $\hat\epsilon = \epsilon_\theta(x_t, t)$ in $x_t$; inverting the forward process
+# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon$ gives
+#
+# $$\hat x_0 = \frac{x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}}.$$
+#
+# Good at small $t$. At large $t$ the guess is a blurry average of every image that could have
+# produced $x_t$: one step cannot commit to details.
+
+# %%
 """A1.3 One-step denoising: the model's guess of x_0 from a single call.
 
 The network predicts the noise eps_hat in x_t; inverting the forward process gives
@@ -14,6 +26,14 @@ from minidiff.samplers import one_step_denoise
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` noises the test image to $t$ = 250, 500 and 750 of 1000 and asks the model, conditioned on
+# "a high quality photo" (on MNIST: no class), for its one-step estimate. `one_step.png` shows each
+# row as original, noisy, estimate. With `USE`, your `one_step_denoise(den, x_t, t, alphas_cumprod)` of
+# exercise A1.3 makes the estimate.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
@@ -32,6 +52,7 @@ def run(ctx: LessonContext) -> None:
     ctx.save_rows("one_step.png", rows, titles, value_range=a.value_range, cell=2.0)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

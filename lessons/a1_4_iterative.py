@@ -1,3 +1,19 @@
+# %% [markdown]
+# # A1.4 Iterative denoising: many small steps beat one big one
+#
+# One-step denoising (A1.3) jumps from $x_t$ straight to a guess $\hat x_0$, and at a large $t$ that guess
+# is blurry. Iterative denoising commits only a little of it at a time: from $x_t$ at
+# `timesteps[i_start]`, the strided DDPM update moves to the next, smaller timestep $t'$,
+#
+# $$x_{t'} = \frac{\sqrt{\bar\alpha_{t'}}\,\beta_t}{1 - \bar\alpha_t}\,\hat x_0
+#   + \frac{\sqrt{\alpha_t}\,(1 - \bar\alpha_{t'})}{1 - \bar\alpha_t}\,x_t + \sigma_t z,
+#   \qquad \alpha_t = \frac{\bar\alpha_t}{\bar\alpha_{t'}},\quad \beta_t = 1 - \alpha_t,$$
+#
+# with $\hat x_0$ the one-step guess of A1.3 and $z \sim \mathcal N(0, I)$. The first term pulls towards the
+# guess, the second keeps part of where we are. Each step commits a little; the result is sharper
+# than the one-step guess and far better than a blur.
+
+# %%
 """A1.4 Iterative denoising: many small steps beat one big one.
 
 From x_t at timesteps[i_start], the strided DDPM update moves to the next timestep t':
@@ -15,6 +31,15 @@ from minidiff.samplers import iterative_denoise, one_step_denoise
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` noises the test image to $t$ = `timesteps[10]`, then denoises it step by step with
+# `iterative_denoise`, keeping every state $x_t$ of the loop. It saves every 5th state as
+# `trajectory.png`; then `compare.png`, the original and the noisy image beside the three ways back
+# (iterative, one step, Gaussian blur); and the whole loop as `denoising.gif`. With `USE`, your
+# `iterative_denoise` of exercise A1.4 (with your `ddpm_step` inside) runs the loop.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     x0 = a.test_image()
@@ -51,6 +76,7 @@ def run(ctx: LessonContext) -> None:
     ctx.save_gif("denoising.gif", [s.clamp(*a.value_range) for s in states], value_range=a.value_range)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,17 @@
+# %% [markdown]
+# # A1.5 Sampling from pure noise: iterative denoising from i_start = 0
+#
+# Start from $x_T \sim \mathcal N(0, I)$ at the first timestep and apply the update of A1.4 all the way
+# down to $t = 0$:
+#
+# $$x_{t'} = \frac{\sqrt{\bar\alpha_{t'}}\,\beta_t}{1 - \bar\alpha_t}\,\hat x_0
+#   + \frac{\sqrt{\alpha_t}\,(1 - \bar\alpha_{t'})}{1 - \bar\alpha_t}\,x_t + \sigma_t z.$$
+#
+# With the conditional model alone ("a high quality photo", or a digit class), samples are valid
+# but often dull or broken; lesson A1.6 fixes that with guidance. With IF stage II on this machine,
+# the samples are also shown upscaled to 256 x 256.
+
+# %%
 """A1.5 Sampling from pure noise: iterative denoising from i_start = 0.
 
 Start from x = N(0, I) at the first timestep and denoise all the way. With the
@@ -13,6 +27,14 @@ from minidiff.samplers import iterative_denoise
 OPTIONS = ("use",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` draws 5 samples (2 in quick mode) for "a high quality photo" (the digit 3 on MNIST) with the
+# plain conditional model. One generator draws $x_T$, then every step's noise $z$. The samples are
+# `samples.png`. With `USE`, your `sample_from_noise(den, shape, timesteps, alphas_cumprod, generator)`
+# of exercise A1.5 samples.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     n = 2 if ctx.quick else 5
@@ -33,6 +55,7 @@ def run(ctx: LessonContext) -> None:
                   [f"sample {i + 1}" for i in range(n)], f"no guidance: '{label}'", seed=2)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

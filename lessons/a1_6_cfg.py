@@ -1,3 +1,17 @@
+# %% [markdown]
+# # A1.6 Classifier-free guidance (Ho & Salimans, 2022)
+#
+# Run the model twice, with the prompt $c$ and with the empty prompt $\varnothing$, and extrapolate from
+# the unconditional estimate past the conditional one:
+#
+# $$\hat\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u), \qquad \epsilon_u = \epsilon_\theta(x_t, t, \varnothing),\quad
+# \epsilon_c = \epsilon_\theta(x_t, t, c).$$
+#
+# $s = 1$ is the plain conditional model; $s > 1$ pushes samples towards what makes them match the
+# prompt, trading diversity for quality. Both passes go through the network as one batch. With IF
+# stage II on this machine, the guided row is also upscaled to 256 x 256.
+
+# %%
 """A1.6 Classifier-free guidance (Ho & Salimans, 2022).
 
 Run the model twice, with the prompt and with the empty prompt, and extrapolate:
@@ -16,6 +30,14 @@ from minidiff.samplers import iterative_denoise
 OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` samples "a high quality photo" (the digit 3 on MNIST) from the same noise at scales $s$ = 1, 3
+# and the model's own (7 for IF, 5 for MNIST, or your `GUIDANCE`); quick mode: 1 and the model's.
+# `cfg.png` has one row per scale, the same noise in each column. With `USE`, your
+# `cfg_eps(eps_uncond, eps_cond, scale)` of exercise A1.6 combines the two estimates.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     n = 2 if ctx.quick else 5
@@ -37,6 +59,7 @@ def run(ctx: LessonContext) -> None:
                   f"guided, {labels[-1]}", seed=2)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

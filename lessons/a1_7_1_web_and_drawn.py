@@ -1,3 +1,16 @@
+# %% [markdown]
+# # A1.7.1 SDEdit on web and hand-drawn images: projecting onto the image manifold
+#
+# The same SDEdit as A1.7, now on images that are not photos of the model's world: a picture from
+# the web and a hand-drawn sketch. Each is noised to $t$ = `timesteps[i_start]`,
+#
+# $$x_t = \sqrt{\bar\alpha_t}\,x_{\mathrm{orig}} + \sqrt{1 - \bar\alpha_t}\,\epsilon,$$
+#
+# and denoised with guidance. Noising washes out what is "wrong" about the picture; denoising fills
+# in what the model believes belongs there. With IF stage II on this machine, the results are also
+# shown upscaled to 256 x 256.
+
+# %%
 """A1.7.1 SDEdit on web and hand-drawn images: projecting onto the image manifold.
 
 The same SDEdit as A1.7, now on images that are not photos of the model's world: a
@@ -18,6 +31,13 @@ from minidiff.guidance import cfg
 OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` takes a picture that ships with matplotlib (or your `IMAGE`) and a drawn sketch (a house on
+# IF, a 4 on MNIST) and saves the SDEdit of each at `i_start` = 1, 3, 5, 7, 10, 20 (quick mode: 1 and
+# 10): `sdedit_web.png` and `sdedit_drawn.png`.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     web = matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False)
@@ -34,6 +54,7 @@ def run(ctx: LessonContext) -> None:
                       titles[:-1], f"SDEdit of the {name} image", seed=100)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

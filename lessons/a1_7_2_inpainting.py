@@ -1,3 +1,15 @@
+# %% [markdown]
+# # A1.7.2 Inpainting (RePaint, Lugmayr et al., 2022): regenerate only inside a mask
+#
+# Denoise from pure noise as usual, but after every step put the known pixels back, noised to the
+# current timestep $t'$, so that the model must fill the hole to agree with them:
+#
+# $$x_{t'} \leftarrow m \odot x_{t'} + (1 - m) \odot \big(\sqrt{\bar\alpha_{t'}}\,x_{\mathrm{orig}} + \sqrt{1 - \bar\alpha_{t'}}\,\epsilon\big),$$
+#
+# where the mask $m$ is 1 where the image is regenerated. With IF stage II on this machine, the results
+# are also shown upscaled to 256 x 256.
+
+# %%
 """A1.7.2 Inpainting (RePaint, Lugmayr et al., 2022): regenerate only inside a mask.
 
 Denoise from pure noise as usual, but after every step put the known pixels back,
@@ -17,6 +29,14 @@ from minidiff.guidance import cfg
 OPTIONS = ("image", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` masks the top of the test image (the top half of the digit on MNIST) and inpaints it 3 times
+# (once in quick mode), each with its own noise. `inpainting.png` shows the original, the mask, what
+# is to be replaced and the results. With `USE`, your `inpaint` of exercise A1.7.2 (or your `repaint`
+# of A1.7.2b, with one resampling step) fills the hole.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     image = a.test_image()
@@ -54,6 +74,7 @@ def run(ctx: LessonContext) -> None:
                   [f"inpainted {k + 1}" for k in range(n)], "inpainting", seed=100)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,16 @@
+# %% [markdown]
+# # A1.7.3 Text-conditional image-to-image translation
+#
+# SDEdit again, but guided towards a different prompt $c_{\mathrm{new}}$ ("a rocket ship"; on MNIST another
+# digit): noise the image to $t$ = `timesteps[i_start]`,
+#
+# $$x_t = \sqrt{\bar\alpha_t}\,x_{\mathrm{orig}} + \sqrt{1 - \bar\alpha_t}\,\epsilon,$$
+#
+# and denoise it iteratively with $\hat\epsilon = \epsilon_u + s\,(\epsilon_{c_{\mathrm{new}}} - \epsilon_u)$. With much noise the result
+# follows the prompt, with little it keeps the image. With IF stage II on this machine, the results
+# are also shown upscaled to 256 x 256.
+
+# %%
 """A1.7.3 Text-conditional image-to-image translation.
 
 SDEdit again, but guided towards a different prompt ("a rocket ship"; on MNIST another
@@ -16,6 +29,12 @@ from minidiff.guidance import cfg
 OPTIONS = ("image", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` edits the test image (a photo on IF, a 7 on MNIST, or your `IMAGE`) towards "a rocket ship"
+# (the digit 1 on MNIST) at `i_start` = 1, 3, 5, 7, 10, 20 (quick mode: 1 and 10): `text_i2i.png`.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     image = a.test_image()  # a photo (IF) or a 7 (MNIST)
@@ -29,6 +48,7 @@ def run(ctx: LessonContext) -> None:
                   f"towards '{a.label(*target)}'", seed=100)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,17 @@
+# %% [markdown]
+# # A1.7 Image-to-image translation: SDEdit (Meng et al., 2022)
+#
+# Noise a real image to $t$ = `timesteps[i_start]`,
+#
+# $$x_t = \sqrt{\bar\alpha_t}\,x_{\mathrm{orig}} + \sqrt{1 - \bar\alpha_t}\,\epsilon,$$
+#
+# then denoise it iteratively with classifier-free guidance from `i_start` on. A small `i_start` (much
+# noise) lets the model invent; a large one keeps the original. The course's levels are
+# `i_start` = 1, 3, 5, 7, 10, 20. The prompt is the generic "a high quality photo"; on MNIST its
+# stand-in is no class at all, so the model may pick any digit. With IF stage II on this machine,
+# the results are also shown upscaled to 256 x 256.
+
+# %%
 """A1.7 Image-to-image translation: SDEdit (Meng et al., 2022).
 
 Noise a real image to timesteps[i_start] and denoise it with CFG:
@@ -19,6 +33,13 @@ from minidiff.guidance import cfg
 OPTIONS = ("image", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` edits the test image (or your `IMAGE`) at each level (quick mode: 1 and 10) and saves the
+# results, then the original, as one row: `sdedit.png`. With `USE`, your
+# `sdedit(den, image, timesteps, alphas_cumprod, i_start, generator)` of exercise A1.7 edits.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     image = a.test_image()
@@ -40,6 +61,7 @@ def run(ctx: LessonContext) -> None:
                   "SDEdit", seed=100)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,17 @@
+# %% [markdown]
+# # A1.8 Visual anagrams (Geng et al., 2024): one image, two readings
+#
+# At each step, denoise $x_t$ as prompt A, and the flipped image $v(x_t)$ as prompt B, flip that
+# prediction back, and average:
+#
+# $$\hat\epsilon = \tfrac12\Big(\hat\epsilon_A(x_t) + v^{-1}\big(\hat\epsilon_B(v(x_t))\big)\Big),$$
+#
+# where $\hat\epsilon_A$ and $\hat\epsilon_B$ are the guided estimates for each prompt. Any orthogonal view $v$
+# works (flips, rotations, negation, pixel permutations): the "other views" figure uses a quarter
+# turn, negation and a jigsaw. With IF stage II on this machine, each anagram is also upscaled to
+# 256 x 256 with the same rule at stage II, so the illusion holds at full size.
+
+# %%
 """A1.8 Visual anagrams (Geng et al., 2024): one image, two readings.
 
 At each step, denoise x_t as prompt A, and the flipped image view(x_t) as prompt B,
@@ -43,6 +57,15 @@ def upscale(ctx: LessonContext, a, view, first, second, x: torch.Tensor, seed: i
 OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` samples anagrams of prompt pairs (an old man and people around a campfire; on MNIST a 4 that
+# reads as a 7 upside down; two more pairs outside quick mode) with the vertical flip, and saves each
+# beside its flipped self: `anagrams_flip.png`. Outside quick mode it then makes the first pair with a
+# quarter turn, negation and a jigsaw: `anagrams_other_views.png`. With `USE`, your
+# `anagram_eps(predict_a, predict_b, x_t, view, inverse)` of exercise A1.8 combines the estimates.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     # MNIST pairs are chosen so the answer is not trivial: a flipped 4 is not a 7.
@@ -82,6 +105,7 @@ def run(ctx: LessonContext) -> None:
                       suptitle="upscaled to 256 x 256 by stage II, with the same views")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,18 @@
+# %% [markdown]
+# # A1.9 Hybrid images (factorized diffusion, Geng et al., 2024)
+#
+# A hybrid image reads as one thing from afar and another up close (Oliva et al., 2006). Build it
+# during denoising: the low frequencies of the noise estimate for prompt A, the high frequencies of
+# the one for prompt B,
+#
+# $$\hat\epsilon = \mathrm{lowpass}(\hat\epsilon_A) + \mathrm{highpass}(\hat\epsilon_B),
+# \qquad \mathrm{highpass}(x) = x - \mathrm{lowpass}(x),$$
+#
+# with a Gaussian low-pass of kernel 33 and $\sigma$ = 2 for IF (9 and 1.5 for MNIST's 28 x 28 digits).
+# With IF stage II on this machine, each hybrid is also upscaled to 256 x 256 with the same rule at
+# stage II (the Gaussian widened 4x), so the two readings hold at full size.
+
+# %%
 """A1.9 Hybrid images (factorized diffusion, Geng et al., 2024).
 
 A hybrid image reads as one thing from afar and another up close (Oliva et al., 2006).
@@ -21,6 +36,14 @@ from minidiff.samplers import iterative_denoise
 OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` samples a hybrid of a skull (far) and waterfalls (close), on MNIST a 0 and a 1; outside quick
+# mode also an old man and a campfire (an 8 and a 4). `hybrids.png` shows each result large (the close
+# reading) and averaged down 4x (the far one). With `USE`, your
+# `hybrid_eps(eps_a, eps_b, kernel_size, sigma)` of exercise A1.9 combines the estimates.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     a = part_a(ctx)
     pairs = [((IF_PROMPTS["skull"], 0), (IF_PROMPTS["waterfalls"], 1))]
@@ -57,6 +80,7 @@ def from_afar(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(F.interpolate(x, scale_factor=1 / factor, mode="area"), size=(h, w), mode="nearest")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,15 @@
+# %% [markdown]
+# # B1.2.1 Training a one-step denoiser at $\sigma = 0.5$, and how it improves with epochs
+#
+# A UNet $D_\theta$ (the course's unconditional UNet) learns to remove noise of one fixed level by
+# minimising the L2 loss over training digits $x$ and fresh noise $\epsilon$:
+#
+# $$L(\theta) = \mathbb E_{x, \epsilon}\,\big\|D_\theta(x + \sigma\epsilon) - x\big\|^2, \qquad \sigma = 0.5.$$
+#
+# The shipped run kept snapshots after some epochs (the course compares epoch 1 and epoch 5); with
+# `TRAIN = True` the lesson retrains it here instead.
+
+# %%
 """B1.2.1 Training a one-step denoiser at sigma = 0.5, and how it improves with epochs.
 
 A UNet D (the course's unconditional UNet) learns to remove noise of one fixed level by
@@ -22,6 +34,13 @@ from minidiff.run_folder import read_run_config, run_epochs
 OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` saves the run's training loss as `loss.png`; then noises 40 held-out test digits and denoises
+# them with each saved epoch's model: `denoised.png`, one row per epoch, with the PSNR and how many
+# results the judge classifier reads as the right digit.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "denoiser")
     sigma = read_run_config(run_dir)["sigma"]
@@ -42,6 +61,7 @@ def run(ctx: LessonContext) -> None:
                   suptitle=f"one-step denoiser at sigma = {sigma:g} (PSNR of the shown, clipped images; {x.shape[0]} digits)")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,16 @@
+# %% [markdown]
+# # B1.2.2 Out-of-distribution noise levels: the $\sigma = 0.5$ denoiser at other $\sigma$
+#
+# The denoiser of B1.2.1 only ever saw $z = x + 0.5\,\epsilon$. Here it gets $z = x + \sigma\epsilon$ for $\sigma$ from 0 to 1:
+#
+# $$\hat x = D(x + \sigma\epsilon), \qquad \mathrm{PSNR} = 10 \log_{10} \frac{1}{\operatorname{mean}\,(\hat x - x)^2}\ \text{dB}.$$
+#
+# Below 0.5 it still cleans up (though it may smear or dim a clean digit it was never shown); above
+# 0.5 it leaves noise behind and starts to invent strokes, since it learned to remove exactly the
+# amount of noise of its training level. This is why the diffusion models of Part B 2 take the noise
+# level (the time $t$) as an input.
+
+# %%
 """B1.2.2 Out-of-distribution noise levels: the sigma = 0.5 denoiser at other sigmas.
 
 The denoiser of B1.2.1 only ever saw z = x + 0.5 eps. Here it gets z = x + sigma eps for
@@ -24,6 +37,14 @@ OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lesso
 SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
 
+# %% [markdown]
+# `run` noises 40 test digits with one draw of $\epsilon$, scaled to each $\sigma$, and denoises them.
+# `ood_sigma.png` shows a digit (two outside quick mode) at each $\sigma$, noisy and denoised, with the
+# PSNR and the judge's reading over all 40; `psnr_vs_sigma.png` plots the PSNR of input and output
+# against $\sigma$.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "denoiser")
     sigma_train = read_run_config(run_dir)["sigma"]
@@ -64,10 +85,11 @@ def run(ctx: LessonContext) -> None:
     ax.set_title(f"PSNR over {x.shape[0]} test digits", fontsize=10)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(ctx.path("psnr_vs_sigma.png"), dpi=100)
+    ctx.save("psnr_vs_sigma.png", lambda path: fig.savefig(path, dpi=100))
     plt.close(fig)
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,20 @@
+# %% [markdown]
+# # B1.2.3 Denoising pure noise: trained to turn noise into digits, a UNet outputs the mean digit
+#
+# Train the denoiser of B1.2.1 with its input replaced by pure noise, $z = \epsilon$:
+#
+# $$L(\theta) = \mathbb E_{x, \epsilon}\,\big\|D_\theta(\epsilon) - x\big\|^2.$$
+#
+# $\epsilon$ says nothing about which digit $x$ it is paired with, so for every input the loss is lowest at
+# the value closest to all digits at once, in the mean-squared sense,
+#
+# $$\arg\min_c\ \mathbb E_x\,\|c - x\|^2 = \mathbb E[x] \quad \text{(the mean digit)},$$
+#
+# and the least loss reachable is the digits' variance, $\mathbb E\,\|x - \mathbb E[x]\|^2$. The trained UNet indeed
+# draws the same blurry average of every digit for every noise input. A single network call cannot
+# generate; the diffusion models of Part B 2 get there step by step.
+
+# %%
 """B1.2.3 Denoising pure noise: trained to turn noise into digits, a UNet outputs the mean digit.
 
 Train the denoiser of B1.2.1 with its input replaced by pure noise, z = eps:
@@ -37,6 +54,14 @@ def training_digits(ctx: LessonContext) -> tuple[torch.Tensor, torch.Tensor]:
 OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` uses the shipped pure-noise model when it ships and MNIST's training set is here; otherwise it
+# trains a small one (width 8, about 100 steps of 64 digits; 15 steps in quick mode) on 2,000 training
+# digits, or on the 40 shipped test digits. It saves the loss curve, with the least possible loss in
+# its title, as `loss.png`, and `pure_noise.png`: noise inputs, the model's outputs and the mean digit.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     shipped = mnist_pipeline.WEIGHTS_DIR / "pure-noise"
     if (shipped / "config.json").is_file() and not ctx.train and find_mnist_dir() is not None:
@@ -52,9 +77,9 @@ def run(ctx: LessonContext) -> None:
         train(cfg, run_dir, data=(x, y), device=ctx.device, progress=ctx.progress, overwrite=True)
     mean_digit = x.mean(dim=0)
     variance = float(((x - mean_digit) ** 2).mean())  # the least loss any D can reach
-    plot_loss(run_dir, ctx.path("loss.png"),
-              f"D(eps) -> x on {read_run_config(run_dir)['train_images']} digits: {trained_how(run_dir)}\n"
-              f"least possible loss: the digits' variance, {variance:.4f}")
+    title = (f"D(eps) -> x on {read_run_config(run_dir)['train_images']} digits: {trained_how(run_dir)}\n"
+             f"least possible loss: the digits' variance, {variance:.4f}")
+    ctx.save("loss.png", lambda path: plot_loss(run_dir, path, title))
 
     model = load_mnist_model(run_dir, device=ctx.device)
     n = 3 if ctx.quick else 6
@@ -68,6 +93,7 @@ def run(ctx: LessonContext) -> None:
                   suptitle=f"a UNet trained to map pure noise to digits outputs their mean ({x.shape[0]} digits)")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,15 @@
+# %% [markdown]
+# # B1.2 Noising MNIST digits: $z = x + \sigma\epsilon$, for growing $\sigma$
+#
+# The simplest corruption, the one Part B of the course starts with (1.1-1.2): add Gaussian noise of
+# standard deviation $\sigma$ to a clean digit $x \in [0, 1]$,
+#
+# $$z = x + \sigma\,\epsilon, \qquad \epsilon \sim \mathcal N(0, I).$$
+#
+# A denoiser $D(z)$ is trained to undo it (B1.2.1). At $\sigma = 0.2$ the digit is plain to see, at
+# $\sigma = 1$ the noise is as strong as the ink. (Pixels outside $[0, 1]$ are clipped for display.)
+
+# %%
 """B1.2 Noising MNIST digits: z = x + sigma eps, for growing sigma.
 
 The simplest corruption the course starts Part B with (1.1-1.2): add Gaussian noise of
@@ -18,6 +30,13 @@ SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 OPTIONS = ("use",)  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` takes test digits 0, 2, 4, 7 and 9 (0, 4 and 7 in quick mode) and noises each with one draw of
+# $\epsilon$ at $\sigma$ = 0 to 1, the same draw at every $\sigma$: `noising.png`. With `USE`, your
+# `add_noise(x, sigma, noise)` of exercise B1.2 does the noising.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     images, labels = sample_digits_real()
     classes = [0, 4, 7] if ctx.quick else [0, 2, 4, 7, 9]
@@ -36,6 +55,7 @@ def run(ctx: LessonContext) -> None:
     ctx.save_rows("noising.png", rows, titles, value_range=(0.0, 1.0), suptitle="z = x + sigma eps")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

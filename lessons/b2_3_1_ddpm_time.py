@@ -1,3 +1,22 @@
+# %% [markdown]
+# # B2.3.1 The same with DDPM: a time-conditioned UNet that predicts the noise, T = 300
+#
+# The course's DDPM version of 2.1-2.3. Linear betas from $10^{-4}$ to 0.02 over $T = 300$ steps give
+# $\bar\alpha_t$, and a digit $x_0$ is noised in one jump,
+#
+# $$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon, \qquad t \sim U\{0, \dots, T - 1\}.$$
+#
+# The UNet, told $t / T$, learns the noise:
+#
+# $$L(\theta) = \mathbb E_{x_0, \epsilon, t}\,\big\|\epsilon_\theta(x_t, t / T) - \epsilon\big\|^2.$$
+#
+# Sampling starts from pure noise at $t = T - 1$ and applies the DDPM update (Ho et al., 2020) of A1.4
+# down to $t = 0$, here on a strided subset of the 300 steps: each strided step uses the exact posterior
+# of its jump, so fewer steps stay correct, only coarser. If no time-only DDPM model ships, the
+# class-conditioned one (B2.6.1) stands in with its class input set to the zero vector, the
+# unconditional case it learned on the 10% of its training batches whose class was dropped.
+
+# %%
 """B2.3.1 The same with DDPM: a time-conditioned UNet that predicts the noise, T = 300.
 
 The course's DDPM version of 2.1-2.3. Linear betas from 1e-4 to 0.02 over T = 300 steps
@@ -27,6 +46,14 @@ from minidiff.samplers import iterative_denoise
 OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` saves the training loss as `loss.png`, then samples 20 digits (10 in quick mode) from the same
+# noise with the model of each saved epoch, 30 strided steps (3 in quick mode):
+# `samples_by_epoch.png`. With `USE`, your `ddpm_sample(model, x, timesteps, alphas_cumprod, generator)`
+# of exercise B2.3.1 samples.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     time_only = ctx.train or (mnist_pipeline.WEIGHTS_DIR / "ddpm-time" / "config.json").is_file()
     run_dir = part_b_run(ctx, "ddpm-time" if time_only else "ddpm-class")
@@ -59,6 +86,7 @@ def run(ctx: LessonContext) -> None:
                     suptitle=f"{what}: {steps} strided steps, same noise in each column")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

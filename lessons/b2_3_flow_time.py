@@ -1,3 +1,19 @@
+# %% [markdown]
+# # B2.3 Flow matching with a time-conditioned UNet: training it, then sampling digits from noise
+#
+# Course 2.1-2.3. A straight path joins noise $x_0 \sim \mathcal N(0, I)$ to a digit $x_1$ at times $t \in [0, 1]$,
+#
+# $$x_t = (1 - t)\,x_0 + t\,x_1, \qquad \frac{dx_t}{dt} = x_1 - x_0,$$
+#
+# and the UNet, told $t$ through two FCBlocks, learns that velocity:
+#
+# $$L(\theta) = \mathbb E_{x_1, x_0,\, t \sim U[0, 1]}\,\big\|u_\theta(x_t, t) - (x_1 - x_0)\big\|^2.$$
+#
+# Sampling integrates $dx/dt = u_\theta(x, t)$ from pure noise at $t = 0$ to $t = 1$: Euler steps
+# $x \leftarrow x + (t' - t)\,u_\theta(x, t)$, or, as here, Heun steps (two calls per step, second order).
+# The model has no class input, so it draws digits of every kind.
+
+# %%
 """B2.3 Flow matching with a time-conditioned UNet: training it, then sampling digits from noise.
 
 Course 2.1-2.3. A straight path joins noise x_0 ~ N(0, I) to a digit x_1 at times t in [0, 1],
@@ -23,6 +39,14 @@ from minidiff.samplers import flow_heun
 OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` saves the training loss as `loss.png`, then samples 20 digits (10 in quick mode) from the same
+# noise with the model of each saved epoch, Heun with 8 steps (2 in quick mode):
+# `samples_by_epoch.png`. With `USE`, your Euler `flow_sample(velocity, x0, num_steps)` of exercise B2.3
+# samples.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "flow-time")
     save_loss(ctx, run_dir, "time-conditioned flow matching")
@@ -41,6 +65,7 @@ def run(ctx: LessonContext) -> None:
                              "same noise in each column")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

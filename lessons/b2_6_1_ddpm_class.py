@@ -1,3 +1,15 @@
+# %% [markdown]
+# # B2.6.1 The same with DDPM: a class-conditioned noise predictor with classifier-free guidance
+#
+# The course's DDPM version of 2.4-2.6: the time-conditioned DDPM UNet of B2.3.1 also gets the
+# one-hot digit class $c$ (dropped to zero 10% of the time in training), and sampling guides the
+# predicted noise with scale $s = 5$,
+#
+# $$\hat\epsilon = \epsilon_\theta(x_t, t, 0) + s\,\big(\epsilon_\theta(x_t, t, c) - \epsilon_\theta(x_t, t, 0)\big),$$
+#
+# inside the strided DDPM sampler.
+
+# %%
 """B2.6.1 The same with DDPM: a class-conditioned noise predictor with classifier-free guidance.
 
 The course's DDPM version of 2.4-2.6: the time-conditioned DDPM UNet of B2.3.1 also gets
@@ -21,6 +33,13 @@ from minidiff.samplers import iterative_denoise
 OPTIONS = ("train", "guidance")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` saves the training loss as `loss.png`; digits 0-9 from the same noise after each saved epoch,
+# `samples_by_epoch.png`; the final model's 4 x 10 grid, `cfg_grid.png`; and a GIF of $x_t$ from pure
+# noise ($t = T - 1$) to digits, `sampling.gif`. Titles say how many the judge reads as their class.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     per_class, steps = (1, 3) if ctx.quick else (4, 30)
     guidance, run_dir, labels, noise = class_lesson_start(ctx, "ddpm-class", "class-conditioned DDPM", per_class)
@@ -38,6 +57,7 @@ def run(ctx: LessonContext) -> None:
     ctx.save_sampling_gif("sampling.gif", sample(model, frames=True)[1])
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -1,3 +1,15 @@
+# %% [markdown]
+# # B2.6 Class-conditioned flow matching with classifier-free guidance
+#
+# Course 2.4-2.6. The UNet also gets the digit class $c$ as a one-hot vector, which scales its decoder
+# features ($c \cdot h + t$). In training, $c$ is replaced by the zero vector 10% of the time, so the same
+# network also learns the unconditional velocity $u_\theta(x_t, t, 0)$. Sampling then guides with scale $s = 5$,
+#
+# $$u = u_\theta(x_t, t, 0) + s\,\big(u_\theta(x_t, t, c) - u_\theta(x_t, t, 0)\big),$$
+#
+# both halves in one batched call, inside the Heun sampler of B2.3.
+
+# %%
 """B2.6 Class-conditioned flow matching with classifier-free guidance.
 
 Course 2.4-2.6. The UNet also gets the digit class c as a one-hot vector, which scales its
@@ -23,6 +35,15 @@ from minidiff.samplers import flow_heun
 OPTIONS = ("train", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
 
 
+# %% [markdown]
+# `run` saves the training loss as `loss.png`; digits 0-9 from the same noise after each saved epoch,
+# `samples_by_epoch.png`; the final model's 4 x 10 grid, `cfg_grid.png`; a GIF of $x_t$ going from noise
+# ($t = 0$) to digits ($t = 1$), `sampling.gif`; and samples at several guidance scales,
+# `guidance_scales.png`. Titles say how many samples the judge classifier reads as their class. With
+# `USE`, your Euler `cfg_flow_sample(model, x0, c, num_steps, guidance_scale)` of exercise B2.6 samples.
+
+
+# %%
 def run(ctx: LessonContext) -> None:
     per_class, steps = (1, 2) if ctx.quick else (4, 8)
     guidance, run_dir, labels, noise = class_lesson_start(ctx, "flow-class", "class-conditioned flow matching",
@@ -67,6 +88,7 @@ def run(ctx: LessonContext) -> None:
                   suptitle="classifier-free guidance: same noise in each column")
 
 
+# %%
 if __name__ == "__main__":
     from minidiff.cli import lesson_script as main
 

@@ -68,6 +68,7 @@ class LessonContext:
     use: dict = field(default_factory=dict)  # --use FILE: the learner's functions by name, in place of minidiff's
     written: list[Path] = field(default_factory=list)
     said: set[str] = field(default_factory=set)  # notes already printed in this run of lessons
+    show: Callable[[Path], None] | None = None  # in a notebook: shows each file under the cell once saved
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -85,7 +86,7 @@ class LessonContext:
 
     def say(self, text: str) -> None:
         """Print one line of the lesson's story (above a progress bar, if one is showing)."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         tqdm.write(text)
         sys.stdout.flush()  # in order with what goes to stderr, in a log of both
@@ -96,29 +97,38 @@ class LessonContext:
             self.said.add(text)
             self.say(text)
 
+    def save(self, name: str, write: Callable[[Path], Any]) -> Path:
+        """Every figure's way out: write(out/name), recorded in ``written`` and shown in a notebook."""
+        p = self.path(name)
+        write(p)
+        if self.show is not None:
+            self.show(p)
+        return p
+
     def save_grid(self, name: str, images: torch.Tensor, nrow: int = 8, value_range=(-1.0, 1.0)) -> Path:
         from minidiff.data import save_grid
 
-        return save_grid(images, self.path(name), nrow=nrow, value_range=value_range)
+        return self.save(name, lambda p: save_grid(images, p, nrow=nrow, value_range=value_range))
 
     def save_gif(self, name: str, frames: Sequence[torch.Tensor], nrow: int = 8, value_range=(-1.0, 1.0),
                  duration_ms: int = 80) -> Path:
         from minidiff.data import save_gif
 
-        return save_gif(frames, self.path(name), nrow=nrow, value_range=value_range, duration_ms=duration_ms)
+        return self.save(name, lambda p: save_gif(frames, p, nrow=nrow, value_range=value_range,
+                                                  duration_ms=duration_ms))
 
     def save_rows(self, name: str, rows: Sequence[Sequence[torch.Tensor]], *args, **kwargs) -> Path:
         """A titled figure of rows of single images: minidiff.figures.rows_figure into out/name."""
         from minidiff.figures import rows_figure
 
-        return rows_figure(self.path(name), rows, *args, **kwargs)
+        return self.save(name, lambda p: rows_figure(p, rows, *args, **kwargs))
 
     def save_sampling_gif(self, name: str, states: Sequence[torch.Tensor], nrow: int = 10,
                           value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
         """A sampler's states x_t from noise to image as a GIF (see minidiff.figures.sampling_gif)."""
         from minidiff.figures import sampling_gif
 
-        return sampling_gif(self.path(name), states, nrow=nrow, value_range=value_range)
+        return self.save(name, lambda p: sampling_gif(p, states, nrow=nrow, value_range=value_range))
 
 
 # ----------------------------------------------------------------------------------------
@@ -388,7 +398,7 @@ def save_loss(ctx: LessonContext, run_dir: Path, what: str, name: str = "loss.pn
     """The run's training loss curve, titled "<what>: <how it was trained>"."""
     from minidiff.run_folder import plot_loss, trained_how
 
-    return plot_loss(run_dir, ctx.path(name), f"{what}: {trained_how(run_dir)}")
+    return ctx.save(name, lambda p: plot_loss(run_dir, p, f"{what}: {trained_how(run_dir)}"))
 
 
 def save_epoch_rows(ctx: LessonContext, name: str, run_dir: Path, sample: Callable[[Any], torch.Tensor],

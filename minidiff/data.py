@@ -8,11 +8,26 @@ The folder is found in this order: the ``root`` argument, the ``MINIDIFF_MNIST_D
 environment variable, ``../shared/data/mnist`` next to the repository, and last
 torchvision's download into ``~/.cache/minidiff/mnist``.
 
-The splits minidiff trains and evaluates on (``training_set``, ``heldout_set``)::
+The splits minidiff trains and evaluates on (``training_set``, ``heldout_set``) come from one
+mix, the train split (train5k-*: 5,000 digits, or the official 60,000 train-*) followed by
+the 10,000 digits of t10k::
 
-    training set = the train split (train5k-*: 5,000 digits, or the official 60,000 train-*)
-                   + the first 8,000 digits of t10k
-    held-out set = the last 2,000 digits of t10k (t10k[8000:]), never trained on
+    held-out set = 2,000 digits of the mix drawn at random, never trained on
+    training set = the mix minus the held-out set (13,000 digits with train5k, 68,000 with train-*)
+
+The draw is stratified, so the held-out set is a small copy of the mix. MNIST's digits were
+written by two populations: t10k[:5000] by Census Bureau employees (cleaner), t10k[5000:] by
+high-school students, and the train split by both. Each stratum (source, class), the source
+being the train split, t10k[:5000] or t10k[5000:], gives its share 2,000 n_sc / N of the
+held-out set, rounded by largest remainder so that the shares sum to 2,000; its digits are the
+first ones of a torch.randperm of the stratum from one torch.Generator seeded with
+HOLDOUT_SEED, the strata taken in order (train 0..9, t10k[:5000] 0..9, t10k[5000:] 0..9). The
+draw depends only on the labels, so the same files give everyone the same split. With
+train5k the three sources give 670, 665 and 665 digits; with the official 60,000 train
+digits about 1,714, 143 and 143 (the shares follow the mix, and the draw differs from train5k's).
+
+A t10k of fewer than 10,000 digits (a partial or made-up folder) has no two halves to draw
+from: then training_set is the whole mix and heldout_set refuses.
 
 Image helpers: ``load_image`` (any file to a (1, 3, S, S) tensor in [-1, 1], centre crop),
 ``make_grid``, ``save_grid`` (PNG) and ``save_gif``.
@@ -32,12 +47,16 @@ import torch
 from minidiff.checks import finite_tensor, integer, nonempty_list, value_range as range_of
 
 __all__ = [
-    "MNIST_ENV", "HELDOUT_START", "read_idx", "find_mnist_dir", "load_mnist", "training_set",
-    "heldout_set", "load_image", "sample_photo", "sample_digits_real", "sketch", "to_uint8", "make_grid", "save_grid", "save_gif",
+    "MNIST_ENV", "HOLDOUT_SIZE", "HOLDOUT_SEED", "T10K_SIZE", "SPLIT", "read_idx", "find_mnist_dir", "load_mnist",
+    "mnist_mix", "holdout_mask", "training_set", "heldout_set", "load_image", "sample_photo", "sample_digits_real", "sketch", "to_uint8", "make_grid", "save_grid", "save_gif",
 ]
 
 MNIST_ENV = "MINIDIFF_MNIST_DIR"
-HELDOUT_START = 8000  # t10k[:8000] is trained on, t10k[8000:] is held out
+HOLDOUT_SIZE = 2000  # digits of the mix held out, never trained on
+HOLDOUT_SEED = 0  # the torch.Generator seed of the draw: changing it changes every shipped number
+T10K_SIZE = 10_000  # MNIST's test split: its first half by one population of writers, its second by another
+SPLIT = ("the mix of the train split (train-* or train5k-*) and t10k minus 2,000 held-out digits "
+         "drawn at random, stratified by class and source (train, t10k[:5000], t10k[5000:]), seed 0")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -182,19 +201,63 @@ def load_mnist(
     return _download("train" if split == "train" else "test")
 
 
-def training_set(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """What minidiff trains on: the train split plus t10k[:8000]."""
+def mnist_mix(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The train split followed by t10k: images (N, 1, 28, 28), labels (N,), and each digit's
+    source (N,): 0 = train split, 1 = t10k[:5000], 2 = t10k[5000:]."""
     x_tr, y_tr = load_mnist("train", root)
     x_te, y_te = load_mnist("t10k", root)
-    return torch.cat([x_tr, x_te[:HELDOUT_START]]), torch.cat([y_tr, y_te[:HELDOUT_START]])
+    source = torch.cat([torch.zeros_like(y_tr), torch.ones_like(y_te)])
+    source[y_tr.shape[0] + T10K_SIZE // 2:] = 2
+    return torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te]), source
+
+
+def holdout_mask(labels: torch.Tensor, source: torch.Tensor, size: int = HOLDOUT_SIZE,
+                 seed: int = HOLDOUT_SEED) -> torch.Tensor:
+    """(N,) bool, True for the `size` digits held out: a stratified random draw (module docstring).
+
+    Stratum k = 10 source + label holds n_k digits and gives q_k = size n_k / N of them,
+    floored, plus one for the strata of the largest remainders until the q_k sum to size.
+    """
+    size = integer(size, "size", minimum=1)
+    strata = 10 * source.long() + labels.long()
+    counts = torch.bincount(strata, minlength=30).double()
+    if size >= labels.shape[0]:
+        raise ValueError(f"cannot hold out {size} of {labels.shape[0]} digits: the training set would be empty")
+    exact = size * counts / counts.sum()
+    quota = exact.floor().long()
+    short = size - int(quota.sum())
+    order = sorted(range(len(exact)), key=lambda k: (-float(exact[k] - quota[k]), k))  # stable: ties by stratum
+    quota[order[:short]] += 1
+    generator = torch.Generator().manual_seed(seed)
+    held = torch.zeros(labels.shape[0], dtype=torch.bool)
+    for k in range(len(counts)):
+        members = torch.nonzero(strata == k)[:, 0]
+        held[members[torch.randperm(members.numel(), generator=generator)[: int(quota[k])]]] = True
+    return held
+
+
+def _split(root: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The mix and its hold-out mask; None when t10k is too small to have its two halves."""
+    x, y, source = mnist_mix(root)
+    t10k = int((source > 0).sum())
+    return x, y, (holdout_mask(y, source, HOLDOUT_SIZE, HOLDOUT_SEED) if t10k >= T10K_SIZE else None)
+
+
+def training_set(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What minidiff trains on: the mix of the train split and t10k minus the held-out digits
+    (the whole mix when t10k has fewer than 10,000 digits)."""
+    x, y, held = _split(root)
+    return (x, y) if held is None else (x[~held], y[~held])
 
 
 def heldout_set(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """What minidiff evaluates on: t10k[8000:] (2,000 digits with the official test split)."""
-    x_te, y_te = load_mnist("t10k", root)
-    if x_te.shape[0] <= HELDOUT_START:
-        raise ValueError(f"t10k has only {x_te.shape[0]} digits; the held-out part starts at {HELDOUT_START}")
-    return x_te[HELDOUT_START:], y_te[HELDOUT_START:]
+    """What minidiff evaluates on: 2,000 digits of the mix, drawn at random and never trained on."""
+    x, y, held = _split(root)
+    if held is None:
+        t10k = load_mnist("t10k", root)[0].shape[0]
+        raise ValueError(f"t10k has only {t10k} digits; the held-out set is drawn from MNIST's whole test split "
+                         f"of {T10K_SIZE} (its two halves were written by different people)")
+    return x[held], y[held]
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
-"""Measuring MNIST models: a judge classifier, its accuracy on generated digits, the Frechet
-distance in its feature space, and PSNR.
+"""Measuring MNIST models: two judge classifiers, their accuracy on generated digits, the Frechet
+distance in their feature spaces, and PSNR.
 
-The judge is a small CNN trained by minidiff on its own training digits (``minidiff train
-judge``; shipped in weights/mnist/judge). A generated "7" counts as right when the judge
-reads it as a 7. The Frechet distance compares two sets of images through the judge's
-128-d penultimate features f(x), fitting a Gaussian to each set::
+The judges are small CNNs trained by minidiff on the training set only: ``MNISTJudge``
+(``minidiff train judge``; weights/mnist/judge) and ``ResNetJudge``, another architecture
+trained from another seed (``minidiff train judge2``; weights/mnist/judge2). One judge alone
+is a target a sampler can be tuned to; a figure that holds on both is harder to flatter. A
+generated "7" counts as right when a judge reads it as a 7. The Frechet distance compares two
+sets of images through a judge's 128-d penultimate features f(x), fitting a Gaussian to each set::
 
     FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))
 
-(the FID recipe of Heusel et al., 2017, with the judge in place of Inception). It is only
+(the FID recipe of Heusel et al., 2017, with a judge in place of Inception). It is only
 comparable between sets of the same size, so every figure is reported beside the same
-figure for real held-out digits against real training digits.
+figure for two disjoint sets of real digits of that size (benchmarks/bench_mnist_quality.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 from minidiff.checks import finite_tensor, real_number
 
-__all__ = ["MNISTJudge", "judge_accuracy", "judge_features", "frechet_distance", "faint_share", "psnr", "random_shift"]
+__all__ = ["MNISTJudge", "ResNetJudge", "judge_accuracy", "judge_features", "frechet_distance", "faint_share", "psnr", "random_shift"]
 
 
 class MNISTJudge(nn.Module):
@@ -53,6 +55,63 @@ class MNISTJudge(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class ResNetJudge(nn.Module):
+    """A second digit classifier, independent of MNISTJudge: (B, 1, 28, 28) in [0, 1] -> (B, 10) logits.
+
+    A small residual CNN (He et al., 2016, with pre-activation blocks)::
+
+        stem     conv 3x3 (w)                          28 x 28
+        stage 1  conv 3x3 stride 2 (w),  block (w)     14 x 14
+        stage 2  conv 3x3 stride 2 (2w), block (2w)     7 x 7
+        head     conv 1x1 (feature_dim) - ReLU - mean over positions (the features) - linear -> 10
+
+        block(h) = h + conv(ReLU(GN(conv(ReLU(GN(h))))))
+
+    MNISTJudge flattens a 7 x 7 map into its features; this one averages over positions, so
+    the two weigh a digit's strokes differently, and a sampler tuned to one judge is checked
+    by the other. GroupNorm normalises each image by itself: eval on any batch is the same function.
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = 128) -> None:
+        super().__init__()
+        self.width = width
+        self.feature_dim = feature_dim
+        w = width
+        self.stem = nn.Conv2d(1, w, 3, padding=1)
+        self.down1 = nn.Conv2d(w, w, 3, stride=2, padding=1)
+        self.block1 = _PreActBlock(w)
+        self.down2 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
+        self.block2 = _PreActBlock(2 * w)
+        self.lift = nn.Conv2d(2 * w, feature_dim, 1)
+        self.head = nn.Linear(feature_dim, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> (B, feature_dim) position-averaged activations."""
+        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+            raise ValueError(f"the judge reads (B, 1, 28, 28) digits in [0, 1], got shape {tuple(x.shape)}")
+        h = F.relu(self.stem(x))
+        h = self.block1(self.down1(h))
+        h = self.block2(self.down2(h))
+        return F.relu(self.lift(h)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _PreActBlock(nn.Module):
+    """h + conv(ReLU(GN(conv(ReLU(GN(h)))))), channels kept."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(min(8, channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(h))))))
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -105,7 +164,7 @@ def _batched(fn, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_accuracy(judge: MNISTJudge, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+def judge_accuracy(judge: nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
     """Fraction of digits the judge reads as their intended label."""
     x = _as_digits(images)
     y = torch.as_tensor(labels).long()
@@ -117,7 +176,7 @@ def judge_accuracy(judge: MNISTJudge, images: torch.Tensor | np.ndarray, labels:
 
 
 @torch.no_grad()
-def judge_features(judge: MNISTJudge, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+def judge_features(judge: nn.Module, images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The judge's (N, feature_dim) features of digits, float64."""
     judge.eval()
     return _batched(judge.features, _as_digits(images)).double()

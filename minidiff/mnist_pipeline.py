@@ -61,7 +61,7 @@ __all__ = [
 WEIGHTS_DIR = shipped_dir("weights") / "mnist"  # weights/mnist of a checkout, or of the installed package
 GUIDANCE = 5.0  # the classifier-free guidance scale of the course's class-conditioned models
 DEFAULT_MODEL = "flow-class-ema"  # what sample_digits and `minidiff sample-digits` use unless told
-SHIPPED = ["flow-class-ema", "flow-class", "flow-time", "ddpm-class", "denoiser", "judge"]
+SHIPPED = ["flow-class-ema", "flow-class", "flow-time", "ddpm-class", "denoiser", "judge", "judge2"]
 DATA_RANGE = (0.0, 1.0)  # raw MNIST pixels, what every shipped model was trained on
 
 # The largest sizes sample_digits takes (and `minidiff sample-digits`, whose parser repeats them):
@@ -97,7 +97,7 @@ class MNISTModel:
 
     def __init__(self, net: torch.nn.Module, config: dict[str, Any]) -> None:
         self.net = net.eval()
-        self.channels_last = config.get("arch") != "judge"  # the layout oneDNN's convolutions prefer
+        self.channels_last = config.get("kind") != "judge"  # the layout oneDNN's convolutions prefer
         self.config = config
         self.kind = config["kind"]
         self.schedule: DDPMSchedule | FlowSchedule | None = schedule_of(config)

@@ -131,7 +131,7 @@ def save_checkpoint(
 
 
 def _describe(cfg: dict[str, Any]) -> str:
-    width = f"width={cfg.get('width', 32)}" if cfg["arch"] == "judge" else f"num_hiddens={cfg['num_hiddens']}"
+    width = f"width={cfg.get('width', 32)}" if cfg["kind"] == "judge" else f"num_hiddens={cfg['num_hiddens']}"
     return f"the {cfg['arch']} network its config.json describes ({width})"
 
 

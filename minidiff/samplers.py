@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minidiff.checks import callable_arg, finite_run, finite_tensor, image_batch, model_output as model_output_fits
 from minidiff.checks import real_number, torch_generator

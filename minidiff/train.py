@@ -27,7 +27,7 @@ from typing import Any, Callable, TextIO
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minidiff import distributed
 from minidiff.checkpoint import check_device
@@ -143,7 +143,7 @@ def _check_amp(amp: str | None, device: torch.device) -> str | None:
 def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor, torch.Tensor] | None = None,
           resume: bool = False, device: str | torch.device = "cpu", progress: bool = True,
           max_steps: int | None = None, command: str | None = None, overwrite: bool = False,
-          amp: str | None = None) -> nn.Module:
+          amp: str | None = None, on_epoch: Callable[[Path, dict[str, Any]], None] | None = None) -> nn.Module:
     """Train the model `cfg` describes on data (images (N, 1, 28, 28) in [0, 1], labels (N,)); return it in eval mode.
 
     data None: ``training_set(cfg.get("data"))``. Checkpoints every cfg["save_every"] steps and at
@@ -156,6 +156,9 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
     is then the global batch. amp "bf16": forward and loss under bfloat16 autocast.
     The run owns `out` while it trains (rank 0 holds ``owned_run_folder``'s lock): a second run
     into the same folder is refused with RunFolderInUse instead of overwriting this one.
+    on_epoch(out, config as of now): called by rank 0 at the end of each epoch but the last, with
+    loss.csv complete so far (how ``minidiff train`` refreshes run/index.html); its time is not
+    counted as training time.
     """
     cfg = check_train_config(cfg)
     if resume and overwrite:
@@ -167,7 +170,8 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
         # Rank 0 alone writes, so it alone owns the folder; the others only train.
         owned = owned_run_folder(out, command) if procs.is_main else contextlib.nullcontext(Path(out))
         with owned as folder:
-            return _train(cfg, folder, data, resume, device, progress, max_steps, command, overwrite, amp, procs)
+            return _train(cfg, folder, data, resume, device, progress, max_steps, command, overwrite, amp, procs,
+                          on_epoch)
     finally:
         distributed.stop()
 
@@ -222,7 +226,8 @@ def _save_when_due(run: RunFolder, model: nn.Module, opt: torch.optim.Optimizer,
 
 def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tensor] | None,
            resume: bool, device: torch.device, progress: bool, max_steps: int | None, command: str | None,
-           overwrite: bool, amp: str | None, procs: distributed.Processes) -> nn.Module:
+           overwrite: bool, amp: str | None, procs: distributed.Processes,
+           on_epoch: Callable[[Path, dict[str, Any]], None] | None = None) -> nn.Module:
     """train() once the processes are known and rank 0 (which alone writes) owns `out`. Each step: the batch in the
     epoch's order, the lr, the loss on this process's rows, the update and average, the log, a checkpoint when due."""
     rows = distributed.rows(procs, cfg["batch_size"])
@@ -269,6 +274,11 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
             bar.set_postfix(loss=f"{value:.4f}", epoch=epoch + 1)
             if writes:
                 _save_when_due(run, model, opt, generator, average, step + 1, stop, log, t0)
+            if writes and on_epoch is not None and (step + 1) % steps_per_epoch == 0 and step + 1 < stop:
+                log.flush()
+                paused = time.perf_counter()
+                on_epoch(out, run.model_config(step + 1, paused - t0))
+                t0 += time.perf_counter() - paused  # the page's time is not training time
     finally:
         log.close()
         bar.close()

@@ -60,14 +60,73 @@ def test_env_var_points_to_the_folder(mnist_dir, monkeypatch):
     assert data.load_mnist("t10k")[0].shape == (20, 1, 28, 28)
 
 
-def test_training_and_heldout_split_do_not_overlap(mnist_dir, monkeypatch):
-    monkeypatch.setattr(data, "HELDOUT_START", 15)
-    x_tr, y_tr = data.training_set(mnist_dir)
-    x_ho, y_ho = data.heldout_set(mnist_dir)
-    x_te, _ = data.load_mnist("t10k", mnist_dir)
-    assert x_tr.shape[0] == 30 + 15 and x_ho.shape[0] == 5
-    torch.testing.assert_close(x_ho, x_te[15:])
-    torch.testing.assert_close(x_tr[30:], x_te[:15])
+@pytest.fixture
+def mix_dir(tmp_path, monkeypatch):
+    """A folder whose t10k is "whole" at T10K_SIZE = 100: train5k 50 digits, t10k 100, 5 of each class per source."""
+    monkeypatch.delenv(data.MNIST_ENV, raising=False)
+    monkeypatch.setattr(data, "T10K_SIZE", 100)
+    _fake_split(tmp_path, "train5k", 50, seed=1)
+    _fake_split(tmp_path, "t10k", 100, seed=2)
+    return tmp_path
+
+
+def _rows(x: torch.Tensor) -> list[bytes]:
+    return [bytes((r * 255).round().to(torch.uint8).flatten().tolist()) for r in x]
+
+
+def test_training_and_heldout_sets_split_the_mix_without_overlap(mix_dir, monkeypatch):
+    monkeypatch.setattr(data, "HOLDOUT_SIZE", 30)
+    x_tr, y_tr = data.training_set(mix_dir)
+    x_ho, y_ho = data.heldout_set(mix_dir)
+    x_mix, y_mix, source = data.mnist_mix(mix_dir)
+    assert x_tr.shape[0] == 120 and x_ho.shape[0] == 30
+    assert source.tolist() == [0] * 50 + [1] * 50 + [2] * 50
+    train, held, mix = _rows(x_tr), _rows(x_ho), _rows(x_mix)  # random images: every row is unique
+    assert len(set(mix)) == 150 and not set(train) & set(held) and sorted(train + held) == sorted(mix)
+    label_of = dict(zip(mix, y_mix.tolist()))
+    assert [label_of[r] for r in held] == y_ho.tolist() and [label_of[r] for r in train] == y_tr.tolist()
+
+
+def test_the_holdout_is_stratified_by_source_and_class(mix_dir, monkeypatch):
+    """30 of 150: each of the 30 strata (3 sources x 10 classes, 5 digits each) gives exactly one."""
+    _, y, source = data.mnist_mix(mix_dir)
+    held = data.holdout_mask(y, source, size=30)
+    strata = (10 * source + y)[held]
+    assert sorted(strata.tolist()) == list(range(30))
+
+
+def test_uneven_strata_get_their_share_within_one_digit_and_the_total_exactly():
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 10, (997,), generator=g)
+    source = torch.randint(0, 3, (997,), generator=g)
+    for size in (1, 17, 100, 333):
+        held = data.holdout_mask(y, source, size=size)
+        assert int(held.sum()) == size
+        strata = 10 * source + y
+        got = torch.bincount(strata[held], minlength=30).double()
+        exact = size * torch.bincount(strata, minlength=30).double() / 997
+        assert float((got - exact).abs().max()) < 1
+
+
+def test_the_holdout_is_the_same_every_time_and_depends_on_the_seed(mix_dir):
+    _, y, source = data.mnist_mix(mix_dir)
+    a = data.holdout_mask(y, source, size=30)
+    assert torch.equal(a, data.holdout_mask(y, source, size=30))
+    assert not torch.equal(a, data.holdout_mask(y, source, size=30, seed=1))
+
+
+def test_a_small_t10k_has_no_holdout_and_heldout_set_says_why(mnist_dir):
+    """t10k of 20 < 10,000 digits: training_set is the whole mix, heldout_set refuses in one line."""
+    x_tr, _ = data.training_set(mnist_dir)
+    assert x_tr.shape[0] == 30 + 20
+    with pytest.raises(ValueError, match=r"t10k has only 20 digits; the held-out set is drawn from MNIST's whole "
+                                         r"test split of 10000"):
+        data.heldout_set(mnist_dir)
+
+
+def test_holding_out_everything_is_refused():
+    with pytest.raises(ValueError, match="cannot hold out 10 of 10 digits"):
+        data.holdout_mask(torch.arange(10) % 10, torch.zeros(10, dtype=torch.long), size=10)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ def test_without_a_folder_the_training_set_is_the_downloaded_train_split_plus_th
     cache = str(no_folder / "cache" / "minidiff" / "mnist")
     assert _FakeMNIST.calls == [(cache, True, True), (cache, False, True)]
     train, test = _FakeMNIST(cache, True), _FakeMNIST(cache, False)
-    assert x.shape == (40 + 24, 1, 28, 28) and x.dtype == torch.float32  # 24 < 8000: all test digits
+    assert x.shape == (40 + 24, 1, 28, 28) and x.dtype == torch.float32  # t10k of 24 < 10,000: no hold-out, the whole mix
     torch.testing.assert_close(x[:40, 0], train.data.float() / 255)
     torch.testing.assert_close(x[40:, 0], test.data.float() / 255)
     assert torch.equal(y, torch.cat([train.targets, test.targets]))

@@ -94,7 +94,8 @@ def _one_race(out: Path, mnist_dir: Path) -> str:
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == seed and cfg["steps"] == 12  # the winner's run, whole
     assert _steps_logged(out) == list(range(12))  # once each: no rows of the refused run
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "loss.csv", "loss.png", "model.safetensors",
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "index.html", "loss.csv", "loss.png",
+                                                     "model.safetensors", "samples.png",  # the page and its figure
                                                      "train_state.json", "train_state.safetensors"]
     return f"seed {seed} ran, seed {3 - seed} refused"
 

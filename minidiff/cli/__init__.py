@@ -2,6 +2,7 @@
 
     minidiff lessons                          list the lessons
     minidiff lesson <id> --out DIR [--quick]  run one lesson (or ``all``) and write its figures
+    minidiff notebook <id> --out DIR          the lesson (or ``all``) as a Jupyter notebook
     minidiff sample-digits --per-class N --guidance G --steps S --seed K --out FILE.npz [--png FILE.png]
     minidiff train <recipe> [...]             train a Part B model
     minidiff fetch if-i-xl|...|if-ii-l        download IF stage-1 or stage-2 weights (licence + token)
@@ -140,10 +141,21 @@ def _what_is_kept(args: argparse.Namespace) -> str:
 
 def lesson_script(run: Callable, doc: str | None = None, argv: list[str] | None = None) -> None:
     """``python lessons/<script>.py --out DIR [...]``: the same run, options and folder (DIR/<id>) as
-    ``minidiff lesson <id> --out DIR [...]``."""
+    ``minidiff lesson <id> --out DIR [...]``.
+
+    In a Jupyter kernel (the last cell of the lesson's notebook) there is no command line to read,
+    only the kernel's own: the options come from the notebook's parameters cell instead
+    (``minidiff.notebooks.run_in_kernel``), and an error is the kernel's usual traceback.
+    """
     from pathlib import Path
 
     from minidiff.lessons_index import lesson_info, run_lesson
+    from minidiff.notebooks import kernel, run_in_kernel
+
+    shell = kernel() if argv is None else None
+    if shell is not None:
+        run_in_kernel(run, shell)
+        return
 
     info = lesson_info(Path(sys.modules[run.__module__].__file__))
     p = argparse.ArgumentParser(prog=info.path.name, description=(doc or "").strip().splitlines()[0] if doc else None)
@@ -151,10 +163,17 @@ def lesson_script(run: Callable, doc: str | None = None, argv: list[str] | None 
     args = p.parse_args(argv)
 
     def go(args: argparse.Namespace) -> int:
-        for path in run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
-                               model=args.model, image=args.image, guidance=args.guidance, train=args.train,
-                               use=args.use):
+        import time
+
+        from minidiff.results_page import record_lesson
+
+        start = time.perf_counter()
+        written = run_lesson(info, Path(args.out), run=run, quick=args.quick, seed=args.seed, device=args.device,
+                             model=args.model, image=args.image, guidance=args.guidance, train=args.train, use=args.use)
+        for path in written:
             print(path)
+        page, note = record_lesson(info, args, written, time.perf_counter() - start)  # out/index.html, as `lesson` does
+        print(*filter(None, [note, f"results page: {page}"]), sep="\n")
         return 0
 
     code = report_errors(f"lesson {info.id}", go, args,

@@ -46,9 +46,10 @@ def lesson(args: argparse.Namespace) -> int:
     Progress bars only on a terminal (tqdm's ``disable=None``): redirected to a log, the
     output is the lines alone. Ctrl-C ends it with one line saying where the figures are.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from minidiff import lessons_index as L
+    from minidiff import results_page
     from minidiff.paths import output_dir
 
     every = L.list_lessons()
@@ -74,10 +75,15 @@ def lesson(args: argparse.Namespace) -> int:
             mine = {k: v for k, v in given.items() if k in info.options}
             written = L.run_lesson(info, Path(args.out), quick=args.quick, seed=args.seed, device=args.device,
                                    progress=len(chosen) == 1 and sys.stderr.isatty(), said=said, **mine)
-            tqdm.write(f"{info.id} {info.title}: {_files(len(written))} in {time.perf_counter() - start:.1f} s")
+            took = time.perf_counter() - start
+            tqdm.write(f"{info.id} {info.title}: {_files(len(written))} in {took:.1f} s")
             for path in written:
                 tqdm.write(f"    {path}")
             done += 1
+            # after each lesson, so that the page holds every lesson done even if a later one is stopped
+            page, note = results_page.record_lesson(info, args, written, took)
+            if note:
+                tqdm.write(note)
     except KeyboardInterrupt:
         bar.close()
         if len(chosen) == 1:
@@ -86,6 +92,22 @@ def lesson(args: argparse.Namespace) -> int:
                                 f"figures written so far are in {args.out}/") from None
     if len(chosen) > 1:
         print(f"all lessons done in {time.perf_counter() - t0:.0f} s")
+    print(f"results page: {page}")
+    return 0
+
+
+def notebook(args: argparse.Namespace) -> int:
+    """`minidiff notebook <id>|all --out DIR [--quick] [--use FILE] [--force]`: one .ipynb per lesson."""
+    from minidiff import lessons_index as L
+    from minidiff.notebooks import write_notebooks
+
+    every = L.list_lessons()
+    chosen = every if args.id.lower() == "all" else [L.find_lesson(args.id)]
+    L.check_options(chosen, every, use=args.use)  # --use: one lesson, one that reads it
+    for path in write_notebooks(chosen, args.out, quick=args.quick, use=args.use, force=args.force):
+        print(path)
+    print(f"Open {'them' if len(chosen) > 1 else 'it'} in Jupyter and run all cells: each runs its lesson and shows "
+          "the figures under its last cell.")
     return 0
 
 

@@ -144,6 +144,18 @@ def _add_lessons(sub) -> None:
     add_lesson_options(q)
     q.set_defaults(func=commands.lesson)
 
+    q = sub.add_parser("notebook", help="write a lesson (or 'all') as a Jupyter notebook",
+                       description="Write each lesson as a .ipynb that runs top to bottom in Jupyter and shows "
+                                   "its figures inline (needs the extra: pip install \"minidiff[notebooks]\"). "
+                                   "Its parameters cell holds the options minidiff lesson takes.")
+    q.add_argument("id", help="lesson id from 'minidiff lessons', or 'all'")
+    q.add_argument("--out", type=nonempty, required=True, help="folder for the .ipynb files (created if missing)")
+    q.add_argument("--quick", action="store_true", help="QUICK = True in the notebooks: a few steps only")
+    q.add_argument("--use", type=nonempty, default=None, metavar="FILE",
+                   help="your exercise file: USE names it, and the lesson draws its figures with your function")
+    q.add_argument("--force", action="store_true", help="replace notebooks already in --out (your edits there are lost)")
+    q.set_defaults(func=commands.notebook)
+
 
 def _add_sample_digits(sub) -> None:
     q = sub.add_parser("sample-digits", help="sample MNIST digits with a shipped class-conditional model",
@@ -190,6 +202,7 @@ each recipe's defaults (an option left out takes them):
   flow-class           8          64  1e-2   32
   flow-class-ema      18          64  1e-2   32  (and --ema 0.999)
   judge                4          64  1e-3   32
+  judge2               4          64  1e-3   32  (a second judge: another architecture, seed 1)
 the ranges: epochs in (0, 10000], batch size 1..70000, width 1..512, seed 0..2**63-1
 """
 
@@ -202,7 +215,7 @@ def _add_train(sub) -> None:
                                    "the result equals one process's up to float rounding). One run at a time\n"
                                    "may train into a folder; Ctrl-C stops it with the command that resumes it.")
     q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | "
-                                   "flow-class-ema (flow-class trained longer, shipping a weight average) | judge")
+                                   "flow-class-ema (flow-class trained longer, shipping a weight average) | judge | judge2")
     q.add_argument("--out", required=True, help="the run's folder (checkpoints, loss.csv, snapshots/)")
     q.add_argument("--epochs", type=epochs_number, default=None,
                    help="epochs, > 0 and at most 10000; a fraction runs part of one (default: the recipe's, below)")
@@ -211,9 +224,10 @@ def _add_train(sub) -> None:
     q.add_argument("--lr", type=float, default=None, help="Adam learning rate, > 0 (default: the recipe's, below)")
     q.add_argument("--hidden", type=int, default=None,
                    help="UNet width D (the judge's width), 1..512 (default: the recipe's, 32)")
-    q.add_argument("--seed", type=int, default=0,
+    q.add_argument("--seed", type=int, default=None,
                    help="seed of every random draw: the weights, the epoch order, the noise, t and the class "
-                        "drops; the same seed trains the same model (0..2**63-1, default 0)")
+                        "drops; the same seed trains the same model (0..2**63-1, default: the recipe's, "
+                        "0; judge2's 1)")
     q.add_argument("--data", default=None, help="MNIST folder (IDX files); default: $MINIDIFF_MNIST_DIR or download")
     runs = q.add_mutually_exclusive_group()
     runs.add_argument("--resume", action="store_true",

@@ -83,22 +83,50 @@ def train(args: argparse.Namespace) -> int:
         from minidiff import distributed
         from minidiff.recipes import recipe_config
         from minidiff.train import train as train_model
+        from minidiff.data import SPLIT
     except KeyboardInterrupt:
         print("minidiff train: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
-    width = {"num_hiddens": args.hidden} if args.recipe != "judge" else {"width": args.hidden}
+    width = {"num_hiddens": args.hidden} if args.recipe not in ("judge", "judge2") else {"width": args.hidden}
     cfg = recipe_config(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         save_every=args.save_every, snapshot_epochs=_parse_epochs(args.snapshot_epochs),
                         data=args.data, ema_decay=args.ema, time_power=args.time_power,
-                        train_data="train split (train-* or train5k-*) + t10k[:8000]; held out: t10k[8000:]",
+                        train_data=SPLIT,
                         **width)
     command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     try:
         train_model(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
-                    amp=args.amp)
+                    amp=args.amp, on_epoch=lambda out, now: _write_page(args, now))
     except KeyboardInterrupt:
         if distributed.from_environment().is_main:  # one line per run, not one per process
             print(f"minidiff train: {_interrupted(args)}", file=sys.stderr)
         return 130
     print(f"saved {cfg['recipe']} model to {args.out}")
+    if distributed.from_environment().is_main:
+        _write_page(args)
     return 0
+
+
+def _page_command(args: argparse.Namespace) -> str:
+    """The command of this run, as the page shows it: how it was started and its words."""
+    return f"{_launcher()} train {shlex.join(_train_words(args))}"
+
+
+def _write_page(args: argparse.Namespace, now: dict | None = None) -> None:
+    """--out/index.html: at an epoch's end (``now``: the config so far) or, now None, of the finished run.
+
+    A page that cannot be written is said in one line, and the run goes on (or ends) as if it had
+    been: the model matters more than its page.
+    """
+    from tqdm import tqdm
+
+    from minidiff.results_page import write_run_page
+
+    try:
+        page = write_run_page(args.out, _page_command(args), cfg=now, device=args.device)
+    except (OSError, ValueError, RuntimeError) as err:
+        tqdm.write(f"minidiff train: could not write {args.out}/index.html ({err})"
+                   + ("; training goes on" if now is not None else ""), file=sys.stderr)
+        return
+    if now is None:
+        print(f"results page: {page}")
