@@ -922,6 +922,12 @@ def main() -> int:
         return prepare_diffusers(args.prepare_diffusers)
     if args.case:
         return run_case(args)
+    if args.device == "cuda" and not args.torchrun_child:
+        import torch
+
+        if not torch.cuda.is_available():  # six cases failing alike would hide the one reason
+            p.error("--device cuda: this machine has no CUDA device that PyTorch can use; "
+                    "--device cpu runs the same cases at tiny sizes")
     if args.torchrun_child:
         torchrun_child(args)
         return 0

@@ -25,9 +25,11 @@ jupytext and nbformat write the notebooks, IPython runs them: the ``notebooks`` 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -208,4 +210,11 @@ def run_in_kernel(run: Callable, shell) -> list[Path]:
     # progress bars in a notebook only as Jupyter widgets: without ipywidgets, tqdm warns and draws text
     from importlib.util import find_spec
 
-    return run_lesson(info, out, run=run, show=show, progress=find_spec("ipywidgets") is not None, **options)
+    start = time.perf_counter()
+    written = run_lesson(info, out, run=run, show=show, progress=find_spec("ipywidgets") is not None, **options)
+    # out/index.html, as `minidiff lesson` writes it: the same figures, re-made by the same command
+    from minidiff.results_page import lesson_command, record_lessons, lesson_entry
+
+    args = argparse.Namespace(out=out, **options)
+    record_lessons(out, [lesson_entry(info, out, written, time.perf_counter() - start, lesson_command(info, args))])
+    return written

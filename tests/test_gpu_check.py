@@ -102,3 +102,11 @@ def test_without_diffusers_the_comparison_is_skipped_with_the_reason(monkeypatch
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` fails, as where it is not installed
     with pytest.raises(gpu_check.Skip, match="diffusers not available.*--diffusers-path"):
         gpu_check.diffusers_unet_class(None)
+
+
+def test_cuda_asked_on_a_machine_without_it_is_one_line(tmp_path):
+    """--device cuda where PyTorch sees no GPU (hidden here on any machine): refused before any case runs."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 2 and "no CUDA device" in done.stderr and "--device cpu" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()

@@ -110,6 +110,10 @@ def test_every_notebook_runs_in_a_kernel_and_shows_its_figures(written, info):
     assert len(shown) == len(saved), f"{info.id} saved {saved} but shows {len(shown)} of them"
     for first, last in shown:
         assert min(first.shape) >= 28 and first.std() > 1.0 and last.std() > 1.0, f"{info.id}: a constant picture"
+    # the notebook's run is on the folder's results page too, with the command that re-makes it
+    entry = {e["id"]: e for e in json.loads((path.parent / "out" / "results.json").read_text())["lessons"]}[info.id]
+    assert sorted(Path(f).name for f in entry["files"] if f.endswith((".png", ".gif"))) == saved
+    assert entry["command"].startswith(f"minidiff lesson {info.id} --out ") and "--quick" in entry["command"]
 
 
 def test_use_names_the_learners_file_and_the_notebook_draws_with_it(written, tmp_path):
