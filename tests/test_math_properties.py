@@ -1,13 +1,19 @@
-"""Properties of the math that the other tests leave open, one mistake each would break.
+"""Properties of the math that the other tests left open: each one a change would break.
 
 Each test here kills mutants of the math modules (``python tools/mutation.py``) that every
-other test let through: a change to what a method computes that no test noticed. Each
-states the property the mistake breaks, with the exact denoisers of minidiff.analytic:
+other test let through: a change to what a method computes that no test noticed. Each states
+the property the change breaks, where it can with the exact denoisers of minidiff.analytic.
+The first two are mistakes students make:
 
 - inpainting pastes the known pixels noised to the schedule's level of the step it reached,
-  with fresh noise each step (not the clean image, the course's most common mistake);
+  with fresh noise each step (not the clean image);
 - DDIM with eta > 0 lands on the moments of the closed-form recursion for Gaussian data, and
   eta = 1 is DDPM's step, draw for draw.
+
+Then, module by module: guidance, views, filters, edits, the Part B losses, beta schedules and
+thresholding, the samplers' loop contract (callbacks, time types, NaN reports, generators), the
+schedules (construction, dtypes, checks, time grids) and the MNIST UNet against its architecture
+written out. Objects whose construction is under test are built inside the test, not at import.
 
 Statistical tolerance as in test_samplers.py: 5 standard errors of the sample mean and variance.
 """
@@ -29,6 +35,7 @@ from minidiff.edit import image_to_image, inpaint, sdedit
 from minidiff.filters import gaussian_blur, gaussian_kernel1d, high_pass, low_pass
 from minidiff.guidance import cfg, factorized, hybrid
 from minidiff.losses import ddpm_example, denoiser_example, flow_example, judge_example, pure_noise_example
+from minidiff.models.if_blocks import AttentionPooling, ResnetBlock, SimpleCrossAttention, timestep_embedding
 from minidiff.models.mnist import (
     ClassConditionalUNet, TimeConditionalUNet, UnconditionalUNet, build_model, drop_class, fold_batchnorm,
 )
@@ -959,3 +966,66 @@ def test_drop_class_draws_from_the_generator():
         torch.manual_seed(global_seed)
         runs.append(drop_class(c, 0.5, torch.Generator().manual_seed(3)))
     assert torch.equal(*runs) and 0 < int(runs[0][:, 0].sum()) < 64
+
+
+# ----------------------------------------------------------------------------------------
+# The IF blocks' time embedding and text pooling
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim, flip, shift", [(8, True, 0.0), (7, True, 0.0), (8, False, 1.0)])
+def test_timestep_embedding_is_cos_and_sin_of_t_times_geometric_frequencies(dim, flip, shift):
+    """emb = [cos(t f), sin(t f)] (sin first without flip_sin_to_cos), f_k = 10000^(-k / (dim // 2 - shift)),
+    k = 0 .. dim // 2 - 1, a zero appended for an odd dim; flip_sin_to_cos=True and shift 0 by default."""
+    t = torch.tensor([0.0, 3.0, 999.0])
+    half = dim // 2
+    f = torch.tensor([10000 ** (-k / (half - shift)) for k in range(half)], dtype=torch.float64)
+    angles = t.double()[:, None] * f[None, :]
+    parts = [angles.cos(), angles.sin()] if flip else [angles.sin(), angles.cos()]
+    expected = torch.cat(parts + [torch.zeros(3, dim % 2, dtype=torch.float64)], 1)
+    emb = timestep_embedding(t, dim) if (flip, shift) == (True, 0.0) else \
+        timestep_embedding(t, dim, flip_sin_to_cos=flip, freq_shift=shift)
+    assert emb.shape == (3, dim) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.double(), expected, atol=2e-4, rtol=0)
+
+
+def test_attention_pooling_starts_its_position_at_std_one_over_sqrt_dim_and_runs_in_bfloat16():
+    """A new AttentionPooling draws its learned position from N(0, 1 / dim); in bfloat16 (weights and
+    tokens) it pools in bfloat16 and agrees with the float32 pooling to bfloat16's precision."""
+    torch.manual_seed(0)
+    std = torch.cat([AttentionPooling(4, 1024).positional_embedding.detach() for _ in range(4)]).std().item()
+    assert abs(std - 1024**-0.5) < 0.1 * 1024**-0.5
+    pool = AttentionPooling(2, 8)
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        low = pool.to(torch.bfloat16)(x.bfloat16())
+        full = pool.float()(x.bfloat16().float())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)
+
+
+def test_resnet_block_without_scale_shift_is_groupnorm_of_h_plus_the_time_projection():
+    """scale_shift=False: h = GroupNorm(conv1(act(GroupNorm(x))) + Linear(emb)), out = (shortcut(x) +
+    conv2(act(h))) / output_scale, both GroupNorms with the eps given; output_scale is 1 by default."""
+    Fn = torch.nn.functional
+    torch.manual_seed(0)
+    block = ResnetBlock(4, 8, 6, groups=2, eps=0.3, act="silu", scale_shift=False, output_scale=2.0).double()
+    x, emb = _randn((2, 4, 5, 5), 21), _randn((2, 6), 22)
+    p = dict(block.named_parameters())
+    h = Fn.conv2d(Fn.silu(Fn.group_norm(x, 2, p["norm1.weight"], p["norm1.bias"], eps=0.3)), p["conv1.weight"],
+                  p["conv1.bias"], padding=1)
+    h = Fn.group_norm(h + Fn.linear(emb, p["time_emb_proj.weight"], p["time_emb_proj.bias"])[:, :, None, None], 2,
+                      p["norm2.weight"], p["norm2.bias"], eps=0.3)
+    h = Fn.conv2d(Fn.silu(h), p["conv2.weight"], p["conv2.bias"], padding=1)
+    expected = (Fn.conv2d(x, p["conv_shortcut.weight"], p["conv_shortcut.bias"]) + h) / 2
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, emb), expected, atol=1e-12, rtol=0)
+    assert ResnetBlock(4, 8, 6, groups=2, eps=0.3, act="silu", scale_shift=True).output_scale == 1.0
+
+
+def test_simple_cross_attention_holds_the_norms_it_was_given_and_attends_to_pixels_by_default():
+    """The pixels' GroupNorm has the eps given; norm_context=False means no text norm; the pixels are keys
+    and values too unless only_cross."""
+    attention = SimpleCrossAttention(8, 32, 4, groups=2, eps=0.3, norm_context=False)
+    assert attention.group_norm.eps == 0.3 and attention.norm_cross is None
+    assert attention.to_k is not None and attention.to_v is not None
