@@ -16,7 +16,7 @@ the 10,000 digits of t10k::
     training set = the mix minus the held-out set (13,000 digits with train5k, 68,000 with train-*)
 
 The draw is stratified, so the held-out set is a small copy of the mix. MNIST's digits were
-written by two populations: t10k[:5000] by Census Bureau employees (cleaner), t10k[5000:] by
+written by two populations: t10k[:5000] by Census Bureau employees, t10k[5000:] by
 high-school students, and the train split by both. Each stratum (source, class), the source
 being the train split, t10k[:5000] or t10k[5000:], gives its share 2,000 n_sc / N of the
 held-out set, rounded by largest remainder so that the shares sum to 2,000; its digits are the

@@ -105,9 +105,10 @@ class _PreActBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(min(8, channels), channels)
+        groups = math.gcd(8, channels)  # 8 groups where the width allows (any width 1..512 builds)
+        self.norm1 = nn.GroupNorm(groups, channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(min(8, channels), channels)
+        self.norm2 = nn.GroupNorm(groups, channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

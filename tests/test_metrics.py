@@ -91,6 +91,11 @@ def test_faint_share_counts_values_1_to_40_of_255():
         faint_share(np.zeros((1, 27, 28), dtype=np.uint8))
 
 
+@pytest.mark.parametrize("width", [1, 3, 12])
+def test_the_second_judge_builds_at_any_width(width):
+    assert ResNetJudge(width=width)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_the_second_judge_reads_each_digit_alone_whatever_the_batch():
     """GroupNorm normalises each image by itself: a digit's logits do not depend on its batch
     (BatchNorm's in training mode would), in train and eval mode alike."""

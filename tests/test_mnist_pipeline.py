@@ -156,7 +156,7 @@ def test_every_shipped_model_loads():
 
 def test_the_default_model_at_its_own_settings_gives_the_documented_judge_accuracy():
     """sample_digits told nothing but the count and seed samples flow-class-ema with its config's
-    sampler (Euler 8, guidance 1.75, a final denoising step): the judge's accuracy is the one in
+    sampler (Euler 8, its guidance, a final denoising step): the judge's accuracy is the one in
     quality.json (one digit of slack), and a final denoising step leaves fewer faint pixels."""
     doc = json.loads(QUALITY.read_text())["default_test_sample"]
     assert doc["model"] == P.DEFAULT_MODEL == "flow-class-ema"
@@ -208,4 +208,4 @@ def test_shipped_flow_model_gives_the_documented_judge_accuracy():
     judge = P.load_mnist_model("judge").net
     acc = judge_accuracy(judge, images, labels)
     assert abs(acc - doc["judge_accuracy"]) <= 1 / labels.shape[0] + 1e-9
-    assert acc >= 0.95
+    assert acc >= 0.9  # 94.5% on 1,000 digits (weights/README.md); 50 digits read at 0.96 here

@@ -18,7 +18,7 @@ import torch
 
 from minidiff.data import heldout_set
 from minidiff.metrics import faint_share
-from minidiff.mnist_pipeline import sample_digits
+from minidiff.mnist_pipeline import DEFAULT_MODEL, load_mnist_model, sample_digits
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "digits.png"
 
@@ -38,9 +38,10 @@ def main() -> None:
     real = (real[:, 0] * 255).round().to(torch.uint8).numpy()
     course, _ = sample_digits("flow-class", per_class=10, seed=0, progress=False)  # CFG 5, Heun 8
     default, _ = sample_digits(per_class=10, seed=0, progress=False)  # flow-class-ema, its own settings
+    guidance = load_mnist_model(DEFAULT_MODEL).config["sampler"]["guidance"]
     panels = [("real held-out digits", real),
               ("flow-class, CFG 5, Heun 8 steps\n(the course's settings, 15 evaluations)", course),
-              ("flow-class-ema, guidance 1.75, Euler 8\n+ final step (the default, 9 evaluations)", default)]
+              (f"flow-class-ema, guidance {guidance:g}, Euler 8\n+ final step (the default, 9 evaluations)", default)]
 
     import matplotlib
 
