@@ -7,6 +7,7 @@ the checker's catalogue of mistakes), so that a hint shown here is one a learner
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -582,6 +583,17 @@ def test_the_list_says_where_each_exercise_stands_in_a_folder(tmp_path):
     assert status("A1.6") == "passed"
     table = E.format_exercises(E.list_exercises(tmp_path))
     assert all(ex_id in table for ex_id in IDS) and "passed" in table
+
+
+@pytest.mark.parametrize("damaged", ["{not json", "[1, 2]"])
+def test_a_damaged_record_is_written_again_by_the_next_check(tmp_path, damaged):
+    """The record only remembers outcomes: a damaged one must not stop every later check being kept."""
+    (tmp_path / E.RECORD_FILE).write_text(damaged)
+    path = tmp_path / "a1_6_cfg_eps.py"
+    path.write_text("def cfg_eps(eps_uncond, eps_cond, scale):\n    return eps_uncond + scale * (eps_cond - eps_uncond)\n")
+    assert E.check_file(path).ok
+    assert next(r.status for r in E.list_exercises(tmp_path) if r.exercise.id == "A1.6") == "passed"
+    assert json.loads((tmp_path / E.RECORD_FILE).read_text())["a1_6_cfg_eps.py"]["ok"] is True
 
 
 def test_a_function_with_the_wrong_parameters_is_a_one_line_error(tmp_path):

@@ -262,15 +262,27 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _read_records(folder: Path) -> dict:
+    """RECORD_FILE in folder: the last check of each file. None yet, or a damaged one, reads as empty
+    (it only remembers outcomes, which the next check of each file writes again)."""
+    try:
+        records = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
 def _record(path: Path, report: Report) -> None:
     """Keep the report's outcome in the record file beside path (quietly skipped when it cannot be written)."""
-    record_path = path.parent / RECORD_FILE
+    from minidiff.checkpoint import atomic_write
+
+    records = _read_records(path.parent)
     try:
-        records = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
         records[path.name] = {"exercise": report.exercise.id, "sha256": _digest(path.read_text(encoding="utf-8")),
                               "passed": len(report.passed), "checks": len(report.exercise.checks), "ok": report.ok}
-        record_path.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    except (OSError, ValueError):  # unwritable folder, unreadable record: the check's report stands without it
+        text = json.dumps(records, indent=1, sort_keys=True) + "\n"
+        atomic_write(path.parent / RECORD_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except (OSError, ValueError):  # unwritable folder or unreadable file: the check's report stands without it
         pass
 
 
@@ -278,10 +290,7 @@ def list_exercises(folder: str | os.PathLike = ".") -> list[ExerciseStatus]:
     """Every exercise, with the state of its starter file in folder: not started, untouched,
     passed, failing (k of n checks) or changed since its last check (as RECORD_FILE keeps it)."""
     folder = Path(folder)
-    try:
-        records = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        records = {}
+    records = _read_records(folder)
     rows = []
     for ex in EXERCISES.values():
         path = folder / ex.file_name
