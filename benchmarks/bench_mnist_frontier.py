@@ -54,7 +54,8 @@ def _floats(text: str | None) -> list[float | None]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="flow-class-ema,flow-class,ddpm-class", help="shipped names or checkpoint folders")
+    p.add_argument("--models", default="flow-class-ema,flow-class-1step,flow-class,ddpm-class",
+                   help="shipped names or checkpoint folders")
     p.add_argument("--methods", default=None, help="samplers to run (default: both of each model's kind)")
     p.add_argument("--evals", default="1,2,4,8,16")
     p.add_argument("--guidance", default=None, help="guidance scales to sweep (default: each model's own)")

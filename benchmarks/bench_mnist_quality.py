@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the figures here (keys of earlier runs are kept)")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--table-per-class", type=int, default=20, help="digits per class for the steps table")
-    p.add_argument("--parts", default="judges,default,flow,table,snapshots,flow-time,ddpm,denoiser")
+    p.add_argument("--parts", default="judges,default,one-step,flow,table,snapshots,flow-time,ddpm,denoiser")
     args = p.parse_args()
     w = Path(args.weights)
     parts = set(args.parts.split(","))
@@ -154,6 +154,16 @@ def main() -> None:
         small, small_labels, _ = run(m, 5)
         report("default_test_sample", {"model": DEFAULT_MODEL, "per_class": 5, "seed": 0,
                                        "judge_accuracy": judge_accuracy(sticks[0].net, small, small_labels)})
+
+    if "one-step" in parts and (w / "flow-class-1step").is_dir():  # the distilled student, at 1 and 2 evaluations
+        m = load_mnist_model(w / "flow-class-1step")
+        for steps in (1, 2):
+            images, labels, dt = run(m, args.per_class, steps=steps)
+            report(f"one_step_model_{steps}", {"model": "flow-class-1step", "sampler": {**m.config["sampler"], "steps": steps},
+                                               "nfe": steps, **measure(sticks, images, labels), "seconds": round(dt, 1)})
+        small, small_labels, _ = run(m, 5)
+        report("one_step_test_sample", {"model": "flow-class-1step", "per_class": 5, "seed": 0,
+                                        **{s.name: judge_accuracy(s.net, small, small_labels) for s in sticks}})
 
     if "flow" in parts:  # the course's model at the course's settings
         m = load_mnist_model(w / "flow-class")

@@ -339,7 +339,8 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
     By default the shipped run weights/mnist/<name>. With ctx.train, a fresh run of the
     recipe <name> (``minidiff.train.RECIPES``) into ctx.out/train/<name>, timed (or the same
     run made by an earlier lesson into the same --out); in quick mode on 256 digits at
-    width D = 8, only to show that the path works.
+    width D = 8, only to show that the path works. A reflow student (flow-class-1step) trains on
+    its teacher's pairs instead (in quick mode 64 pairs of 2 teacher steps, at the teacher's width).
     """
     import time
 
@@ -356,13 +357,20 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
         return folder
     from minidiff.data import training_set
     from minidiff.run_folder import read_run_config, trained_how
-    from minidiff.train import recipe_config, train
+    from minidiff.train import RECIPES, recipe_config, train
 
-    x, y = training_set()
     overrides: dict = {"seed": ctx.seed}
-    if ctx.quick:
-        x, y = x[:256], y[:256]
-        overrides.update(num_hiddens=8, batch_size=32)
+    if RECIPES[name]["kind"] == "reflow":  # a student learns from its teacher's pairs, made by train()
+        data, n = None, RECIPES[name]["pairs"]
+        if ctx.quick:  # the teacher's width, which the student starts from; few pairs of few steps
+            n = 64
+            overrides.update(pairs=n, teacher_steps=2, batch_size=32, epochs=2)
+    else:
+        data = training_set()
+        if ctx.quick:
+            data = data[0][:256], data[1][:256]
+            overrides.update(num_hiddens=8, batch_size=32)
+        n = data[0].shape[0]
     cfg = recipe_config(name, **overrides)
     # A lesson run earlier into the same --out (lesson all --train) may have trained it already.
     for earlier in sorted(ctx.out.parent.glob(f"*/train/{name}/config.json")):
@@ -370,13 +378,14 @@ def part_b_run(ctx: LessonContext, name: str) -> Path:
             continue  # this lesson's own run from before: --train means train again
         done = read_run_config(earlier.parent)
         if all(done.get(k) == cfg[k] for k in ("recipe", "num_hiddens", "batch_size", "epochs", "seed")) and \
-                done.get("train_images") == x.shape[0] and done.get("epochs_done") == cfg["epochs"]:
+                done.get("train_images") == n and done.get("epochs_done") == cfg["epochs"]:
             ctx.say(f"using {name} as retrained by lesson {earlier.parents[2].name} ({trained_how(earlier.parent)})")
             return earlier.parent
     folder = ctx.out / "train" / name
     start = time.perf_counter()
-    train(cfg, folder, data=(x, y), device=ctx.device, progress=ctx.progress, overwrite=True)  # --train: train again
-    ctx.say(f"retrained {name}: {cfg['epochs']} epochs on {x.shape[0]} digits (D = {cfg['num_hiddens']}) "
+    train(cfg, folder, data=data, device=ctx.device, progress=ctx.progress, overwrite=True)  # --train: train again
+    what = f"{n} teacher pairs" if data is None else f"{n} digits"
+    ctx.say(f"retrained {name}: {cfg['epochs']} epochs on {what} (D = {cfg['num_hiddens']}) "
             f"in {time.perf_counter() - start:.0f} s on this machine")
     return folder
 

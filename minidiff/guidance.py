@@ -79,9 +79,9 @@ def cfg(
 
     eps_c = model(x_t, t, cond) and eps_u = model(x_t, t, uncond) come from one model call on
     the batch cat([x_t, x_t]) with conditions cat([cond, uncond]). guidance_scale = 1 is the
-    plain conditional model, 0 the unconditional one, > 1 (IF: 7) trades diversity for
-    fidelity. For 2C outputs the variance half is the conditional branch's, as in diffusers'
-    IF pipeline.
+    plain conditional model (called alone, at half the cost), 0 the unconditional one, > 1
+    (IF: 7) trades diversity for fidelity. For 2C outputs the variance half is the conditional
+    branch's, as in diffusers' IF pipeline.
 
     interval (t_lo, t_hi): guidance in a limited interval (Kynkaenniemi et al., 2024). Only
     steps at times t_lo <= t <= t_hi, in the schedule's own time (a DDPM step, or the flow
@@ -94,7 +94,8 @@ def cfg(
     t_lo, t_hi = time_interval(interval) if interval is not None else (None, None)
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if interval is not None and not t_lo <= _time_of(t) <= t_hi:  # outside the interval: eps = eps_c
+        # At scale 1 eps_u cancels, and outside the interval it is not used: eps = eps_c, half the work.
+        if guidance_scale == 1 or (interval is not None and not t_lo <= _time_of(t) <= t_hi):
             ((eps_c, var_c),) = _model_outputs(model, x_t, t, {"cond": cond})
             return _join(eps_c, var_c)
         (eps_c, var_c), (eps_u, _) = _model_outputs(model, x_t, t, {"cond": cond, "uncond": uncond})

@@ -24,7 +24,7 @@ from minidiff.metrics import random_shift
 from minidiff.models.mnist import drop_class, unet_time
 from minidiff.schedule import DDPMSchedule, FlowSchedule
 
-__all__ = ["denoiser_example", "pure_noise_example", "ddpm_example", "flow_example", "judge_example"]
+__all__ = ["denoiser_example", "pure_noise_example", "ddpm_example", "flow_example", "reflow_example", "judge_example"]
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -101,6 +101,29 @@ def flow_example(schedule: FlowSchedule, x1: torch.Tensor, c: torch.Tensor | Non
     u = x1 - x0  # the path's constant velocity
     inputs = (x_t, unet_time(t, schedule))  # the flow network sees t itself
     return (inputs if c is None else inputs + (c,)), u
+
+
+def reflow_example(schedule: FlowSchedule, x1: torch.Tensor, x0: torch.Tensor, c: torch.Tensor,
+                   generator: torch.Generator | None, p_zero: float) -> tuple[Inputs, torch.Tensor]:
+    """Reflow on a teacher's pairs (Liu et al., 2023, rectified flow), weighted towards t = 0 to distil
+    one step (their Section 2.3):
+
+        (x0, x1): the teacher's digit x1 = Phi(x0, c) from its own noise x0 (``minidiff.distill``)
+        t = 0 with probability p_zero, else t ~ U[0, 1]
+        x_t = (1 - t) x0 + t x1,  u = x1 - x0
+        L = ||u_theta(x_t, t, c) - u||^2
+
+    It is flow_example's loss with one difference: x0 and x1 are coupled, not drawn apart. The
+    teacher's path from x0 bends; the student learns the straight line from x0 to where that path
+    ends, so one Euler step x0 + u_theta(x0, 0, c) lands there. At t = 0 the loss is the direct
+    distillation of Luhman & Luhman (2021); the other times keep the straight path learned on the
+    way, where a second step starts (x_0.5 of a two-step sampler). No class drop: the student
+    learns the teacher's guided map and samples without guidance. Returns ((x_t, t, c), u).
+    """
+    at_zero = torch.rand(x1.shape[0], generator=generator) < p_zero
+    t = torch.rand(x1.shape[0], generator=generator).masked_fill(at_zero, 0.0).to(x1.device)
+    x_t = schedule.add_noise(x1, x0, t)  # (1 - t) x0 + t x1
+    return (x_t, unet_time(t, schedule), c), x1 - x0
 
 
 def judge_example(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,

@@ -55,13 +55,14 @@ __all__ = [
     "SamplerSettings",
     "sampler_settings",
     "sample_digits",
+    "guided_samples",
     "save_digit_grid",
 ]
 
 WEIGHTS_DIR = shipped_dir("weights") / "mnist"  # weights/mnist of a checkout, or of the installed package
 GUIDANCE = 5.0  # the classifier-free guidance scale of the course's class-conditioned models
 DEFAULT_MODEL = "flow-class-ema"  # what sample_digits and `minidiff sample-digits` use unless told
-SHIPPED = ["flow-class-ema", "flow-class", "flow-time", "ddpm-class", "denoiser", "judge", "judge2"]
+SHIPPED = ["flow-class-ema", "flow-class-1step", "flow-class", "flow-time", "ddpm-class", "denoiser", "judge", "judge2"]
 DATA_RANGE = (0.0, 1.0)  # raw MNIST pixels, what every shipped model was trained on
 
 # The largest sizes sample_digits takes (and `minidiff sample-digits`, whose parser repeats them):
@@ -99,7 +100,8 @@ class MNISTModel:
         self.net = net.eval()
         self.channels_last = config.get("kind") != "judge"  # the layout oneDNN's convolutions prefer
         self.config = config
-        self.kind = config["kind"]
+        # A distilled student (kind "reflow") is a flow model: only the way it was trained differs.
+        self.kind = "flow" if config["kind"] == "reflow" else config["kind"]
         self.schedule: DDPMSchedule | FlowSchedule | None = schedule_of(config)
         if self.schedule is not None:
             self.schedule.data_range = DATA_RANGE
@@ -305,6 +307,16 @@ def sample_digits(
     labels = torch.arange(10).repeat_interleave(per_class)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(labels.shape[0], 1, 28, 28, generator=generator)
+    x = guided_samples(model, noise, labels, settings, batch_size, generator, progress)
+    return (x * 255).round().to(torch.uint8)[:, 0].numpy(), labels.numpy().astype(np.int64)
+
+
+@torch.inference_mode()
+def guided_samples(model: MNISTModel, noise: torch.Tensor, labels: torch.Tensor, settings: SamplerSettings,
+                   batch_size: int = 100, generator: torch.Generator | None = None,
+                   progress: bool = True) -> torch.Tensor:
+    """Digits of classes labels (B,) from noise (B, 1, 28, 28), as settings sample them: float (B, 1, 28, 28)
+    in [0, 1] on the CPU, batch_size digits at a time (what sample_digits rounds to 8 bits)."""
     out = []
     for i in range(0, labels.shape[0], batch_size):
         y = labels[i : i + batch_size]
@@ -313,8 +325,8 @@ def sample_digits(
                              generator=generator, progress=progress)
         if settings.final_denoise:
             x = one_step_denoise(den, x, model.schedule, 1.0 - settings.final_denoise)
-        out.append((x.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)[:, 0])
-    return torch.cat(out).numpy(), labels.numpy().astype(np.int64)
+        out.append(x.float().cpu().clamp(0, 1))
+    return torch.cat(out)
 
 
 def save_digit_grid(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,

@@ -9,6 +9,9 @@ digits x in [0, 1]:
                                                           L = |eps_theta(x_t, t / T [, c]) - eps|^2
     flow-*      t ~ U[0, 1], x_0 ~ N(0, I), x_t = (1 - t) x_0 + t x
                                                           L = |u_theta(x_t, t [, c]) - (x - x_0)|^2
+    reflow      (x0, x1) a teacher's pairs of noise and digit (minidiff.distill); t = 0 with probability
+                p_zero, else t ~ U[0, 1]; x_t = (1 - t) x0 + t x1
+                                                          L = |u_theta(x_t, t, c) - (x1 - x0)|^2
     judge       cross-entropy of the classifier on randomly shifted digits
 
 (*-class recipes drop the class vector to zero with p_uncond = 0.1, for classifier-free
@@ -31,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidiff.checks import integer, real_number
-from minidiff.losses import ddpm_example, denoiser_example, flow_example, judge_example, pure_noise_example
+from minidiff.losses import (
+    ddpm_example,
+    denoiser_example,
+    flow_example,
+    judge_example,
+    pure_noise_example,
+    reflow_example,
+)
 from minidiff.metrics import MNISTJudge, ResNetJudge
 from minidiff.models.mnist import build_model, class_vector
 from minidiff.schedule import DDPMSchedule, FlowSchedule
@@ -68,6 +78,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # default model of sample_digits (weights/README.md says what it changes and why).
     "flow-class-ema": dict(kind="flow", arch="class", num_hiddens=32, p_uncond=0.1, ema_decay=0.999,
                            epochs=18, batch_size=64, lr=1e-2, lr_decay=True, snapshot_epochs=[1, 6, 12, 18]),
+    # Not the course's: a student distilled from flow-class-ema by reflow (minidiff.distill) that
+    # makes a digit in one network evaluation, without guidance (weights/README.md, "Digits in one step").
+    "flow-class-1step": dict(kind="reflow", arch="class", num_hiddens=32, teacher="flow-class-ema",
+                             teacher_guidance=1.75, teacher_steps=8, pairs=16_000, p_zero=0.5,
+                             epochs=24, batch_size=64, lr=1e-3, lr_decay=True, snapshot_epochs=[1, 6, 12, 24],
+                             sampler=dict(method="euler", steps=1, guidance=1.0, final_denoise=0.0)),
     "judge": dict(kind="judge", arch="judge", width=32, max_shift=2,
                   epochs=4, batch_size=64, lr=1e-3, lr_decay=True, snapshot_epochs=[]),
     # Not the course's: a second judge, of another architecture and seed, so that no figure
@@ -84,11 +100,12 @@ _EXTRA_KEYS = ("data", "train_data")
 _OPTIONAL = ("ema_decay", "time_power")
 # The network each kind of training can train.
 _ARCHS_OF = {"denoiser": ("unconditional",), "pure-noise": ("unconditional",), "ddpm": ("time", "class"),
-             "flow": ("time", "class"), "judge": ("judge", "resnet-judge")}
+             "flow": ("time", "class"), "reflow": ("class",), "judge": ("judge", "resnet-judge")}
 # The command-line flag of each setting, for error messages.
 _FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "num_hiddens": "--hidden",
           "ema_decay": "--ema", "time_power": "--time-power", "width": "--hidden", "seed": "--seed",
-          "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs"}
+          "save_every": "--save-every", "snapshot_epochs": "--snapshot-epochs", "teacher": "--teacher",
+          "pairs": "--pairs"}
 # The range of each size a run may ask for, and why it ends there. A slip such as a width of
 # 10**9 for 32 is refused before anything is built, not met by an allocator error or a run
 # that never ends.
@@ -97,6 +114,8 @@ _RANGES = {
     "width": (1, 512, "the judge's first convolution; it ships at 32"),
     "batch_size": (1, 70_000, "70,000 is all of MNIST in one step"),
     "seed": (0, 2**63 - 1, "2**63 - 1, as torch.Generator.manual_seed takes"),
+    "pairs": (1, 1_000_000, "a million pairs take 6 GB and a day of the teacher's sampling on a CPU"),
+    "teacher_steps": (1, 10_000, "the samplers' limit (mnist_pipeline.MAX_STEPS)"),
 }
 MAX_EPOCHS = 10_000  # the recipes train 4 to 18 epochs
 
@@ -203,6 +222,8 @@ def check_train_config(cfg: Any) -> dict[str, Any]:
             raise ValueError(f"{setting_name('time_power')} sets how a flow recipe draws its times; "
                              f"{recipe} is a {cfg['kind']} recipe: leave it out")
         cfg["time_power"] = real_number(cfg["time_power"], setting_name("time_power"), positive=True)
+    if cfg["kind"] == "reflow":
+        _check_reflow(cfg)
     if cfg.get("data") is not None:
         if not isinstance(cfg["data"], (str, os.PathLike)):
             raise ValueError(f"data (--data) must be the path of an MNIST folder, got {cfg['data']!r}")
@@ -221,6 +242,24 @@ def _in_range(value: Any, key: str, where: str = "") -> int:
     if not low <= number <= high:
         raise ValueError(f"{setting_name(key, where)} must be an int from {low} to {high} ({why}), got {number}")
     return number
+
+
+def _check_reflow(cfg: dict[str, Any]) -> None:
+    """A reflow recipe's own settings: its teacher, the pairs it writes, and the share of t = 0 draws."""
+    if not isinstance(cfg["teacher"], (str, os.PathLike)) or not str(cfg["teacher"]):
+        raise ValueError(f"{setting_name('teacher')} must be a shipped model name (flow-class-ema) or a checkpoint "
+                         f"folder, got {cfg['teacher']!r}")
+    cfg["teacher"] = str(cfg["teacher"])
+    for key in ("pairs", "teacher_steps"):
+        cfg[key] = _in_range(cfg[key], key)
+    cfg["teacher_guidance"] = real_number(cfg["teacher_guidance"], "teacher_guidance")
+    cfg["p_zero"] = real_number(cfg["p_zero"], "p_zero", nonnegative=True)
+    if cfg["p_zero"] > 1:
+        raise ValueError(f"p_zero is the share of training times at t = 0 and must lie in [0, 1], got {cfg['p_zero']}")
+    for key, flag in (("ema_decay", "--ema"), ("data", "--data")):
+        if cfg.get(key) is not None:
+            raise ValueError(f"{key} ({flag}): a reflow student learns from its teacher's pairs, not from MNIST, "
+                             "and ships its own weights: leave it out")
 
 
 def _check_ema_decay(cfg: dict[str, Any]) -> None:
@@ -258,10 +297,11 @@ def build_from_config(cfg: dict[str, Any]) -> nn.Module:
 
 
 def schedule_of(cfg: dict[str, Any]) -> DDPMSchedule | FlowSchedule | None:
-    """The noise process a config trains on: DDPM's linear betas, the flow path, or None (denoisers, judge)."""
+    """The noise process a config trains on: DDPM's linear betas, the flow path (flow and reflow), or None
+    (denoisers, judge)."""
     if cfg["kind"] == "ddpm":
         return DDPMSchedule.linear(cfg["T"], cfg["beta_start"], cfg["beta_end"])
-    return FlowSchedule() if cfg["kind"] == "flow" else None
+    return FlowSchedule() if cfg["kind"] in ("flow", "reflow") else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -271,9 +311,10 @@ def schedule_of(cfg: dict[str, Any]) -> DDPMSchedule | FlowSchedule | None:
 
 def training_example(
     cfg: dict[str, Any], schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor, y: torch.Tensor,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, x0: torch.Tensor | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """(the network's inputs, its target) of cfg's loss on a batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,).
+    """(the network's inputs, its target) of cfg's loss on a batch: images x (B, 1, 28, 28) in [0, 1], labels y (B,)
+    and, for a reflow recipe, the noise x0 (B, 1, 28, 28) each image was written from.
 
     The draws are made for all B rows (``minidiff.losses``); ``loss_of`` compares the two.
     """
@@ -286,6 +327,9 @@ def training_example(
         return denoiser_example(x, generator, cfg["sigma"])
     if kind == "pure-noise":
         return pure_noise_example(x, generator)
+    if kind == "reflow":
+        return reflow_example(schedule, x, x0.to(memory_format=torch.channels_last) if cfg.get("channels_last") else x0,
+                              class_vector(y), generator, cfg["p_zero"])
     c, p_uncond = (class_vector(y), cfg["p_uncond"]) if cfg["arch"] == "class" else (None, 0.0)
     if kind == "ddpm":
         return ddpm_example(schedule, x, c, generator, p_uncond)

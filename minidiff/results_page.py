@@ -334,7 +334,7 @@ def run_page(cfg: dict[str, Any], folder_name: str, snapshots: list[tuple[str, s
 
 SAMPLES = "samples.png"  # each snapshot's figure, in its folder (the final model's in the run's)
 _DDPM_STEPS = 30  # strided DDPM steps for a snapshot's samples: what lesson B2.3.1 shows, a tenth of 300
-_DRAWN = ("flow", "ddpm", "denoiser", "pure-noise")  # the kinds of model a snapshot figure is drawn for
+_DRAWN = ("flow", "reflow", "ddpm", "denoiser", "pure-noise")  # the kinds of model a snapshot figure is drawn for
 
 
 def snapshot_figure(folder: Path, path: Path, title: str, device: str = "cpu") -> Path:

@@ -188,10 +188,11 @@ def delete_run(paths: list[Path]) -> None:
             path.unlink()
 
 
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    """sha256 over the images' float32 bytes, the labels' int64 bytes and N: what --resume compares."""
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor, *noise: torch.Tensor) -> str:
+    """sha256 over the images' float32 bytes, the labels' int64 bytes, a reflow recipe's noise and N: what --resume
+    compares."""
     h = hashlib.sha256(f"N={x.shape[0]}".encode())
-    for t in (x.float(), y.long()):
+    for t in (x.float(), y.long(), *(x0.float() for x0 in noise)):
         h.update(t.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8))
     return h.hexdigest()
 

@@ -33,6 +33,7 @@ from minidiff import distributed
 from minidiff.checkpoint import check_device
 from minidiff.checks import integer
 from minidiff.data import training_set
+from minidiff.distill import student_from_teacher, teacher_pairs
 from minidiff.recipes import (
     RECIPES,
     build_from_config,
@@ -52,12 +53,16 @@ from minidiff.schedule import DDPMSchedule, FlowSchedule
 __all__ = ["RECIPES", "recipe_config", "train"]
 
 
-def _check_data(data: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 1, 28, 28) float32 in [0, 1], labels (N,) int64 in 0..9), with N >= batch: ValueError otherwise."""
-    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
-        raise ValueError("data must be a pair (images, labels) of tensors: images (N, 1, 28, 28) in [0, 1], "
-                         f"labels (N,) in 0..9; got {type(data).__name__}")
-    x, y = data
+def _check_data(data: Any, batch: int, kind: str = "flow") -> tuple[torch.Tensor, ...]:
+    """(images (N, 1, 28, 28) float32 in [0, 1], labels (N,) int64 in 0..9), with N >= batch, and for a reflow
+    recipe (kind) the noise (N, 1, 28, 28) each image was written from: ValueError otherwise."""
+    size = 3 if kind == "reflow" else 2
+    if not (isinstance(data, (tuple, list)) and len(data) == size and all(isinstance(t, torch.Tensor) for t in data)):
+        what = "a triple (images, labels, noise)" if size == 3 else "a pair (images, labels)"
+        raise ValueError(f"data must be {what} of tensors: images (N, 1, 28, 28) in [0, 1], labels (N,) in 0..9"
+                         + (", noise (N, 1, 28, 28), the teacher's x0 of each image (minidiff.distill.teacher_pairs)"
+                            if size == 3 else "") + f"; got {type(data).__name__}")
+    x, y = data[:2]
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
         raise ValueError(f"training images must be (N, 1, 28, 28), got {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -78,7 +83,13 @@ def _check_data(data: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     if lo < 0 or hi > 1:
         raise ValueError(f"training images must lie in [0, 1] (the range the samplers assume), got {lo:g}..{hi:g}; "
                          "divide uint8 pixels by 255")
-    return x, y.long()
+    if size == 2:
+        return x, y.long()
+    x0 = data[2].float()
+    if x0.shape != x.shape or not bool(torch.isfinite(x0).all()):
+        raise ValueError(f"the noise must be finite and of the images' shape {tuple(x.shape)}, "
+                         f"got {tuple(data[2].shape)}")
+    return x, y.long(), x0
 
 
 def _step_counts(cfg: dict[str, Any], n: int) -> tuple[int, int]:
@@ -91,10 +102,14 @@ def _step_counts(cfg: dict[str, Any], n: int) -> tuple[int, int]:
 
 
 def _seeded_model(cfg: dict[str, Any], device: torch.device) -> nn.Module:
-    """cfg's network on device, its weights drawn from cfg["seed"] without disturbing the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg["seed"])
-        model = build_from_config(cfg)
+    """cfg's network on device, its weights drawn from cfg["seed"] without disturbing the global RNG (a reflow
+    student's: its teacher's)."""
+    if cfg["kind"] == "reflow":  # a distilled student starts from its teacher's weights
+        model = student_from_teacher(cfg)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg["seed"])
+            model = build_from_config(cfg)
     model = model.to(device)
     if cfg["channels_last"] and cfg["kind"] != "judge":  # oneDNN's preferred layout for the UNet's convolutions
         model = model.to(memory_format=torch.channels_last)
@@ -146,9 +161,10 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
           amp: str | None = None, on_epoch: Callable[[Path, dict[str, Any]], None] | None = None) -> nn.Module:
     """Train the model `cfg` describes on data (images (N, 1, 28, 28) in [0, 1], labels (N,)); return it in eval mode.
 
-    data None: ``training_set(cfg.get("data"))``. Checkpoints every cfg["save_every"] steps and at
-    the end; ``max_steps`` stops early (after a checkpoint), which is how the resume test interrupts
-    a run. An earlier run in `out` is continued with ``resume`` (same settings and data, checked by
+    data None: ``training_set(cfg.get("data"))``, or for a reflow recipe the teacher's pairs
+    ``distill.teacher_pairs(cfg)`` (data given: images, labels and their noise). Checkpoints every
+    cfg["save_every"] steps and at the end; ``max_steps`` stops early (after a checkpoint), which is
+    how the resume test interrupts a run. An earlier run in `out` is continued with ``resume`` (same settings and data, checked by
     a fingerprint of the data) or replaced with ``overwrite``; without either it is an error. Every
     setting is checked before anything is written. A NaN or inf loss or weights stop the run with a
     RuntimeError before they are saved, so the last checkpoint in `out` stays the last good one.
@@ -177,13 +193,15 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
 
 
 def batch_loss(cfg: dict[str, Any], model: nn.Module, schedule: DDPMSchedule | FlowSchedule | None, x: torch.Tensor,
-               y: torch.Tensor, generator: torch.Generator, rows: slice | None = None) -> torch.Tensor:
-    """The loss of cfg's recipe on one global batch (images x (B, 1, 28, 28), labels y (B,)), on this process's rows.
+               y: torch.Tensor, generator: torch.Generator, rows: slice | None = None,
+               x0: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of cfg's recipe on one global batch (images x (B, 1, 28, 28), labels y (B,), a reflow recipe's
+    noise x0 (B, 1, 28, 28)), on this process's rows.
 
     The randomness is drawn for all B rows, as one process draws it (``recipes.training_example``);
     with several processes this one then keeps its rows (``distributed.rows``): the one place they are cut.
     """
-    inputs, target = training_example(cfg, schedule, x, y, generator)
+    inputs, target = training_example(cfg, schedule, x, y, generator, x0)
     if rows is not None:
         inputs, target = tuple(a[rows] for a in inputs), target[rows]
     return loss_of(cfg, model(*inputs), target)
@@ -233,10 +251,14 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
     rows = distributed.rows(procs, cfg["batch_size"])
     writes = procs.is_main
     old_run = [] if resume or not writes else check_new_run(out, overwrite)
-    x_all, y_all = _check_data(training_set(cfg.get("data")) if data is None else data, cfg["batch_size"])
+    if data is None and cfg["kind"] == "reflow":
+        data = teacher_pairs(cfg, device, progress and writes)
+    elif data is None:
+        data = training_set(cfg.get("data"))
+    x_all, y_all, *noise = _check_data(data, cfg["batch_size"], cfg["kind"])
     n, batch = x_all.shape[0], cfg["batch_size"]
     steps_per_epoch, total_steps = _step_counts(cfg, n)
-    run = RunFolder(out, {**cfg, "train_images": n, "data_sha256": data_fingerprint(x_all, y_all)},
+    run = RunFolder(out, {**cfg, "train_images": n, "data_sha256": data_fingerprint(x_all, y_all, *noise)},
                     steps_per_epoch, command, world_size=procs.world_size, amp=amp)
     model, opt, ema = _fresh_state(cfg, device)
     schedule = schedule_of(cfg)
@@ -246,7 +268,7 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
     if writes:  # every check passed: only now is anything written or deleted
         delete_run(old_run)
         out.mkdir(parents=True, exist_ok=True)
-    x_all, y_all = x_all.to(device), y_all.to(device)
+    x_all, y_all, noise = x_all.to(device), y_all.to(device), [x0.to(device) for x0 in noise]
     average = _shipped_average(ema, cfg, schedule, x_all, y_all)
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
@@ -261,7 +283,8 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
             idx = _epoch_order(cfg["seed"], epoch, n)[i * batch : (i + 1) * batch].to(device)
             lr = _set_lr(opt, cfg, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-                loss = batch_loss(cfg, net, schedule, x_all[idx], y_all[idx], generator, rows)
+                loss = batch_loss(cfg, net, schedule, x_all[idx], y_all[idx], generator, rows,
+                                  *(x0[idx] for x0 in noise))
             value = distributed.mean_over_processes(loss, procs)  # the global batch's loss, on every rank
             if not math.isfinite(value):  # before the update: a NaN loss would make every weight NaN
                 raise run.diverged(f"the loss at step {step} is {value}")

@@ -151,7 +151,7 @@ def test_every_shipped_model_loads():
     for name in names:
         m = P.load_mnist_model(name)
         assert isinstance(m.net, torch.nn.Module)
-        assert m.config["kind"] in ("flow", "ddpm", "denoiser", "judge")
+        assert m.config["kind"] in ("flow", "reflow", "ddpm", "denoiser", "judge")
 
 
 def test_the_default_model_at_its_own_settings_gives_the_documented_judge_accuracy():
@@ -166,6 +166,21 @@ def test_the_default_model_at_its_own_settings_gives_the_documented_judge_accura
     assert abs(acc - doc["judge_accuracy"]) <= 1 / labels.shape[0] + 1e-9 and acc >= 0.95
     raw, _ = P.sample_digits(per_class=doc["per_class"], seed=doc["seed"], progress=False, final_denoise=0)
     assert faint_share(images) < 0.6 * faint_share(raw)
+
+
+def test_the_one_step_model_at_its_own_settings_gives_the_documented_accuracy_in_one_call_per_batch():
+    """sample_digits(model="flow-class-1step") samples with its config's sampler, one unguided Euler step: one
+    network call of the batch's rows per batch, and both judges read what quality.json says (one digit of slack)."""
+    doc = json.loads(QUALITY.read_text())["one_step_test_sample"]
+    model = P.load_mnist_model("flow-class-1step")
+    calls = []
+    net = model.net
+    model.net = lambda *inputs: calls.append(inputs[0].shape[0]) or net(*inputs)
+    images, labels = P.sample_digits(model, per_class=doc["per_class"], seed=doc["seed"], batch_size=25, progress=False)
+    assert calls == [25, 25]
+    for name in ("judge", "judge2"):
+        acc = judge_accuracy(P.load_mnist_model(name).net, images, labels)
+        assert abs(acc - doc[name]) <= 1 / labels.shape[0] + 1e-9 and acc >= 0.95, (name, acc)
 
 
 def test_final_denoise_is_one_more_clean_estimate_at_time_1_minus_s(tiny_checkpoints):

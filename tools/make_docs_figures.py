@@ -28,6 +28,7 @@ FIGURE = {
     "B2.3.1": "samples_by_epoch.png",
     "B2.6": "cfg_grid.png",
     "B2.6.1": "cfg_grid.png",
+    "B3": "steps.png",
 }
 
 

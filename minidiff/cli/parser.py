@@ -179,8 +179,8 @@ def _add_sample_digits(sub) -> None:
                    help="also the digits as a picture, one row per class, at most 16 digits each "
                         "(default: --out with .png in place of .npz)")
     q.add_argument("--model", type=nonempty, default=None,
-                   help="a shipped model name (flow-class-ema, flow-class, ddpm-class) or a checkpoint "
-                        "directory (default: flow-class-ema)")
+                   help="a shipped model name (flow-class-ema, flow-class-1step: one step, flow-class, "
+                        "ddpm-class) or a checkpoint directory (default: flow-class-ema)")
     q.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     q.add_argument("--compile", action="store_true",
                    help="compile the network first (torch.compile with frozen weights; needs a C++ compiler on "
@@ -201,6 +201,7 @@ each recipe's defaults (an option left out takes them):
   flow-time           10          64  1e-2   32
   flow-class           8          64  1e-2   32
   flow-class-ema      18          64  1e-2   32  (and --ema 0.999)
+  flow-class-1step    24          64  1e-3   32  (distilled from --teacher flow-class-ema on --pairs 16000)
   judge                4          64  1e-3   32
   judge2               4          64  1e-3   32  (a second judge: another architecture, seed 1)
 the ranges: epochs in (0, 10000], batch size 1..70000, width 1..512, seed 0..2**63-1
@@ -215,7 +216,8 @@ def _add_train(sub) -> None:
                                    "the result equals one process's up to float rounding). One run at a time\n"
                                    "may train into a folder; Ctrl-C stops it with the command that resumes it.")
     q.add_argument("recipe", help="denoiser | pure-noise | ddpm-time | ddpm-class | flow-time | flow-class | "
-                                   "flow-class-ema (flow-class trained longer, shipping a weight average) | judge | judge2")
+                                   "flow-class-ema (flow-class trained longer, shipping a weight average) | "
+                                   "flow-class-1step (one-step digits, distilled from a teacher) | judge | judge2")
     q.add_argument("--out", required=True, help="the run's folder (checkpoints, loss.csv, snapshots/)")
     q.add_argument("--epochs", type=epochs_number, default=None,
                    help="epochs, > 0 and at most 10000; a fraction runs part of one (default: the recipe's, below)")
@@ -241,6 +243,12 @@ def _add_train(sub) -> None:
     q.add_argument("--time-power", type=float, default=None, metavar="P",
                    help="flow recipes: draw training times t = 1 - (1 - r)^P, r uniform; P > 1 trains more "
                         "near the data end (default 1: uniform, the course's)")
+    q.add_argument("--teacher", type=nonempty, default=None,
+                   help="flow-class-1step: the class-conditioned flow model that writes the pairs, a shipped name "
+                        "or a checkpoint folder of the student's width (default flow-class-ema)")
+    q.add_argument("--pairs", type=int, default=None,
+                   help="flow-class-1step: how many (noise, digit) pairs the teacher writes, 1..1000000 "
+                        "(default 16000; about 5 min on a 2-core CPU)")
     q.add_argument("--amp", choices=["bf16"], default=None,
                    help="compute forward and loss under bfloat16 autocast (default: float32)")
     q.add_argument("--save-every", type=int, default=None, help="checkpoint every N >= 1 steps (default 500)")

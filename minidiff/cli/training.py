@@ -84,6 +84,7 @@ def train(args: argparse.Namespace) -> int:
         from minidiff.recipes import recipe_config
         from minidiff.train import train as train_model
         from minidiff.data import SPLIT
+        from minidiff.distill import REFLOW, TEACHER_PAIRS
     except KeyboardInterrupt:
         print("minidiff train: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
@@ -91,7 +92,8 @@ def train(args: argparse.Namespace) -> int:
     cfg = recipe_config(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         save_every=args.save_every, snapshot_epochs=_parse_epochs(args.snapshot_epochs),
                         data=args.data, ema_decay=args.ema, time_power=args.time_power,
-                        train_data=SPLIT,
+                        teacher=args.teacher, pairs=args.pairs,
+                        train_data=TEACHER_PAIRS if args.recipe in REFLOW else SPLIT,
                         **width)
     command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     try:
