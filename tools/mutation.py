@@ -54,11 +54,11 @@ EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
 # reach the mutated function)
 PROPS = "tests/test_math_properties.py"
 MODULES = {
-    "guidance": ("minidiff/guidance.py", ["tests/test_guidance.py", PROPS]),
+    "guidance": ("minidiff/guidance.py", ["tests/test_guidance.py", "tests/test_distill.py", PROPS]),
     "views": ("minidiff/views.py", ["tests/test_views.py", "tests/test_guidance.py", PROPS]),
     "filters": ("minidiff/filters.py", ["tests/test_filters.py", "tests/test_guidance.py", PROPS]),
     "edit": ("minidiff/edit.py", ["tests/test_edit.py", PROPS]),
-    "losses": ("minidiff/losses.py", ["tests/test_train.py", PROPS]),
+    "losses": ("minidiff/losses.py", ["tests/test_train.py", "tests/test_distill.py", PROPS]),
     "betas": ("minidiff/betas.py", ["tests/test_schedule.py", PROPS]),
     "samplers": ("minidiff/samplers.py", ["tests/test_samplers.py", "tests/test_schedule.py", PROPS]),
     "schedule": ("minidiff/schedule.py", ["tests/test_schedule.py", "tests/test_samplers.py", PROPS]),
