@@ -55,13 +55,13 @@ def test_reflow_example_puts_x_t_on_the_line_from_x0_to_x1_with_target_x1_minus_
     c = torch.eye(10)[torch.arange(16) % 10]
     (x_t, t, c_in), target = reflow_example(FlowSchedule(), x1, x0, c, torch.Generator().manual_seed(seed), p_zero)
     assert torch.equal(target, x1 - x0) and torch.equal(c_in, c)
-    assert bool(((t >= 0) & (t <= 1)).all())
+    assert t.shape == (16,) and bool(((t >= 0) & (t <= 1)).all())  # one time per row
     tt = t.view(-1, 1, 1, 1)
     torch.testing.assert_close(x_t, (1 - tt) * x0 + tt * x1, rtol=0, atol=1e-6)
     if p_zero == 1.0:
         assert bool((t == 0).all()) and torch.equal(x_t, x0)
     if p_zero == 0.0:
-        assert bool((t > 0).all())
+        assert bool((t > 0).all()) and len(set(t.tolist())) == 16  # drawn for each row apart
 
 
 def test_reflow_draws_t_zero_at_the_rate_p_zero():
@@ -102,14 +102,16 @@ def test_the_student_starts_from_the_teachers_weights(teacher):
         assert torch.equal(a, b), name
 
 
-def test_a_teacher_of_another_width_or_kind_is_refused(teacher, tmp_path):
+def test_a_teacher_of_another_width_or_kind_is_refused(teacher, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="width must be the teacher's: D = 4"):
         distill.student_from_teacher(_student_cfg(teacher, num_hiddens=8))
     cfg = R.recipe_config("flow-time", num_hiddens=WIDTH)
     save_checkpoint(R.build_from_config(cfg).eval(), cfg, tmp_path / "flow-time")
     with pytest.raises(ValueError, match="needs a class-conditioned flow teacher"):
         distill.teacher_pairs(_student_cfg(tmp_path / "flow-time"), progress=False)
-    with pytest.raises(FileNotFoundError, match="no MNIST checkpoint"):
+    monkeypatch.setenv("MINIDIFF_WEIGHTS", str(tmp_path / "weights"))  # no shipped model of that name either
+    (tmp_path / "weights" / "mnist").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no MNIST checkpoint at '.*nowhere'"):
         distill.teacher_pairs(_student_cfg(tmp_path / "nowhere"), progress=False)
 
 
