@@ -165,9 +165,10 @@ def run(ctx: LessonContext) -> None:
 
     # The same noise through the teacher at 1, 2, 4, 8 steps and the student at 1 and 2.
     rows, row_labels = [], []
-    for name, den, counts in (("teacher", teacher_den, (1, 2, 4, 8)), ("student", student_den, (1, 2))):
+    for name, model, den, counts in (("teacher", teacher, teacher_den, (1, 2, 4, 8)),
+                                     ("student", student, student_den, (1, 2))):
         for n in counts:
-            x = flow_euler(den(labels), noise, teacher.schedule, flow_time_grid(n), progress=False).clamp(0, 1).cpu()
+            x = flow_euler(den(labels), noise, model.schedule, flow_time_grid(n), progress=False).clamp(0, 1).cpu()
             rows.append(list(x))
             row_labels.append(f"{name}, {n} step{'s' * (n > 1)}\n{judge_says(x, labels)}")
     ctx.save_rows("steps.png", rows, [[str(d) for d in range(10)]] + [[] for _ in rows[1:]], row_labels,
