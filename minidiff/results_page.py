@@ -7,7 +7,8 @@
 
 The lesson page is rendered from the manifest, which is merged, never replaced: lessons run
 into the same folder later are added to it (a lesson run again replaces its own entry), so the
-page grows with the folder. A manifest that cannot be read is set aside as results.json.bad
+page grows with the folder; lesson runs into one folder at the same moment take turns at the
+merge (a lock on out/.results.lock). A manifest that cannot be read is set aside as results.json.bad
 and the lessons are found again from their folders on disk, without their times and commands.
 
 The page is one self-contained folder opened from disk: images by relative paths, the CSS
@@ -18,13 +19,15 @@ written atomically, so a browser refreshing it never sees half of it.
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import html
 import json
 import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import quote
 
 from minidiff.checkpoint import atomic_write
@@ -34,6 +37,7 @@ __all__ = ["MANIFEST", "PAGE", "IMAGES", "lesson_idea", "lesson_command", "lesso
 
 MANIFEST = "results.json"
 PAGE = "index.html"
+LOCK = ".results.lock"  # held while a lesson run merges its entry into the manifest
 _FORMAT = "minidiff results 1"  # the manifest's "format": what this module writes and reads
 IMAGES = (".png", ".gif", ".jpg", ".jpeg", ".svg", ".webp")  # shown on the page; other files are linked
 
@@ -157,12 +161,22 @@ def record_lessons(out: Path, entries: list[dict[str, Any]]) -> tuple[Path, str 
     Returns (the page, a note about a manifest that had to be rebuilt, or None).
     """
     out = Path(out)
-    known, note = read_manifest(out)
-    known.update({e["id"]: e for e in entries})
-    ordered = sorted(known.values(), key=lambda e: _lesson_key(e["id"]))
-    _write_text(out / MANIFEST, json.dumps({"format": _FORMAT, "lessons": ordered}, indent=1) + "\n")
-    widths = {f: _width(out / f) for e in ordered for f in e["files"] if (out / f).is_file()}
-    return _write_text(out / PAGE, lessons_page(ordered, out.resolve().name, widths)), note
+    with _manifest_lock(out):  # read, merge, write: one lesson run at a time, or one of two entries is lost
+        known, note = read_manifest(out)
+        known.update({e["id"]: e for e in entries})
+        ordered = sorted(known.values(), key=lambda e: _lesson_key(e["id"]))
+        _write_text(out / MANIFEST, json.dumps({"format": _FORMAT, "lessons": ordered}, indent=1) + "\n")
+        widths = {f: _width(out / f) for e in ordered for f in e["files"] if (out / f).is_file()}
+        return _write_text(out / PAGE, lessons_page(ordered, out.resolve().name, widths)), note
+
+
+@contextlib.contextmanager
+def _manifest_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive flock on out/.results.lock for the block. Another process recording a lesson into the
+    same folder waits here (for milliseconds) instead of merging into a manifest this one is about to replace."""
+    with open(out / LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
 
 
 def _width(path: Path) -> int | None:

@@ -106,6 +106,33 @@ def test_lessons_run_one_after_another_are_merged_in_curriculum_order(tmp_path):
     assert "12.5 s" not in page.read_text() and "3.0 s" in page.read_text()
 
 
+def _record_at_the_barrier(out: Path, entry: dict, barrier) -> None:
+    barrier.wait()
+    R.record_lessons(out, [entry])
+
+
+def test_lessons_recorded_into_one_folder_at_the_same_moment_all_stay_on_the_page(tmp_path):
+    """Eight processes merge eight lessons into one new folder at once: the lock makes them take turns, so the
+    manifest ends with all eight (without it, each reads the manifest before the others write and most are lost)."""
+    import multiprocessing
+
+    from minidiff.lessons_index import list_lessons
+
+    infos = list_lessons()[:8]
+    entries = [_fake_lesson(tmp_path, info, ["fig.png"]) for info in infos]
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(len(entries))
+    workers = [context.Process(target=_record_at_the_barrier, args=(tmp_path, e, barrier)) for e in entries]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    lessons = json.loads((tmp_path / R.MANIFEST).read_text())["lessons"]
+    assert [e["id"] for e in lessons] == [i.id for i in infos]
+    assert _sections((tmp_path / R.PAGE).read_text()) == [i.id for i in infos]
+
+
 @pytest.mark.parametrize("damage", [
     "{not json", '{"format": "something else", "lessons": []}',
     '{"format": "minidiff results 1", "lessons": [{"id": 3}]}',
