@@ -158,7 +158,8 @@ def _check_amp(amp: str | None, device: torch.device) -> str | None:
 def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor, torch.Tensor] | None = None,
           resume: bool = False, device: str | torch.device = "cpu", progress: bool = True,
           max_steps: int | None = None, command: str | None = None, overwrite: bool = False,
-          amp: str | None = None, on_epoch: Callable[[Path, dict[str, Any]], None] | None = None) -> nn.Module:
+          amp: str | None = None, on_epoch: Callable[[Path, dict[str, Any]], None] | None = None,
+          on_end: Callable[[Path], None] | None = None) -> nn.Module:
     """Train the model `cfg` describes on data (images (N, 1, 28, 28) in [0, 1], labels (N,)); return it in eval mode.
 
     data None: ``training_set(cfg.get("data"))``, or for a reflow recipe the teacher's pairs
@@ -174,7 +175,9 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
     into the same folder is refused with RunFolderInUse instead of overwriting this one.
     on_epoch(out, config as of now): called by rank 0 at the end of each epoch but the last, with
     loss.csv complete so far (how ``minidiff train`` refreshes run/index.html); its time is not
-    counted as training time.
+    counted as training time. on_end(out): called by rank 0 once the final model is saved, while the
+    run still owns `out` (how ``minidiff train`` writes the finished run's page: a run started in
+    that moment with --overwrite is refused, the folder in use, instead of deleting what the page shows).
     """
     cfg = check_train_config(cfg)
     if resume and overwrite:
@@ -187,7 +190,7 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
         owned = owned_run_folder(out, command) if procs.is_main else contextlib.nullcontext(Path(out))
         with owned as folder:
             return _train(cfg, folder, data, resume, device, progress, max_steps, command, overwrite, amp, procs,
-                          on_epoch)
+                          on_epoch, on_end)
     finally:
         distributed.stop()
 
@@ -245,7 +248,8 @@ def _save_when_due(run: RunFolder, model: nn.Module, opt: torch.optim.Optimizer,
 def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tensor] | None,
            resume: bool, device: torch.device, progress: bool, max_steps: int | None, command: str | None,
            overwrite: bool, amp: str | None, procs: distributed.Processes,
-           on_epoch: Callable[[Path, dict[str, Any]], None] | None = None) -> nn.Module:
+           on_epoch: Callable[[Path, dict[str, Any]], None] | None = None,
+           on_end: Callable[[Path], None] | None = None) -> nn.Module:
     """train() once the processes are known and rank 0 (which alone writes) owns `out`. Each step: the batch in the
     epoch's order, the lr, the loss on this process's rows, the update and average, the log, a checkpoint when due."""
     rows = distributed.rows(procs, cfg["batch_size"])
@@ -309,4 +313,6 @@ def _train(cfg: dict[str, Any], out: Path, data: tuple[torch.Tensor, torch.Tenso
     if writes:
         run.save(model, opt, generator, stop, time.perf_counter() - t0, None if average is None else final)
         plot_loss(out)
+        if on_end is not None:
+            on_end(out)
     return final

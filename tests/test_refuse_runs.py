@@ -230,3 +230,32 @@ def test_the_resume_command_of_a_run_started_from_python_parses_back_to_the_same
     args = build_parser().parse_args(words)
     again = build_parser().parse_args(["train"] + CT._with_flag(CT._train_words(args), "--resume", "--overwrite"))
     assert vars(again) == {**vars(args), "resume": True, "overwrite": False}
+
+
+def test_the_finished_runs_page_is_written_while_the_run_still_owns_its_folder(tmp_path, mnist_dir, capsys,
+                                                                             monkeypatch):
+    """`minidiff train` writes the finished run's index.html inside the run's ownership (train's on_end): at that
+    moment the folder lock is held, so a run started then is refused instead of deleting the run under its page."""
+    import fcntl
+
+    held = []
+    train = T.train
+
+    def watched_train(*args, on_end, **kwargs):
+        def on_end_watched(out):
+            with open(out / RL.LOCK_FILE) as f:  # another open file: flock tells whether the run still holds it
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)
+                except BlockingIOError:
+                    held.append(True)
+            on_end(out)
+        return train(*args, on_end=on_end_watched, **kwargs)
+
+    monkeypatch.setattr(T, "train", watched_train)  # the CLI imports minidiff.train.train when it runs
+    out = tmp_path / "run"
+    assert main(_args(out, mnist_dir, 1)) == 0
+    assert held == [True]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2:] == [f"saved flow-time model to {out}", f"results page: {out / 'index.html'}"]
+    assert (out / "index.html").is_file() and "finished" in (out / "index.html").read_text().lower()

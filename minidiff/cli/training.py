@@ -96,16 +96,18 @@ def train(args: argparse.Namespace) -> int:
                         train_data=TEACHER_PAIRS if args.recipe in REFLOW else SPLIT,
                         **width)
     command = "minidiff train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
+    pages: list = []  # the finished run's page, written while the run still owns --out (rank 0 only)
     try:
         train_model(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, command=command,
-                    amp=args.amp, on_epoch=lambda out, now: _write_page(args, now))
+                    amp=args.amp, on_epoch=lambda out, now: _write_page(args, now),
+                    on_end=lambda out: pages.append(_write_page(args)))
     except KeyboardInterrupt:
         if distributed.from_environment().is_main:  # one line per run, not one per process
             print(f"minidiff train: {_interrupted(args)}", file=sys.stderr)
         return 130
     print(f"saved {cfg['recipe']} model to {args.out}")
-    if distributed.from_environment().is_main:
-        _write_page(args)
+    if pages and pages[0] is not None:
+        print(f"results page: {pages[0]}")
     return 0
 
 
@@ -114,8 +116,9 @@ def _page_command(args: argparse.Namespace) -> str:
     return f"{_launcher()} train {shlex.join(_train_words(args))}"
 
 
-def _write_page(args: argparse.Namespace, now: dict | None = None) -> None:
-    """--out/index.html: at an epoch's end (``now``: the config so far) or, now None, of the finished run.
+def _write_page(args: argparse.Namespace, now: dict | None = None) -> Path | None:
+    """--out/index.html: at an epoch's end (``now``: the config so far) or, now None, of the finished run;
+    the page's path, or None when it could not be written.
 
     A page that cannot be written is said in one line, and the run goes on (or ends) as if it had
     been: the model matters more than its page.
@@ -129,6 +132,5 @@ def _write_page(args: argparse.Namespace, now: dict | None = None) -> None:
     except (OSError, ValueError, RuntimeError) as err:
         tqdm.write(f"minidiff train: could not write {args.out}/index.html ({err})"
                    + ("; training goes on" if now is not None else ""), file=sys.stderr)
-        return
-    if now is None:
-        print(f"results page: {page}")
+        return None
+    return page
