@@ -35,19 +35,15 @@ TEACHER_PAIRS = ("pairs of noise x0, drawn with the run's seed, and the digit x1
                  "(minidiff.distill.teacher_pairs); no MNIST digit")  # what config.json says it trained on
 
 
-def _teacher(cfg: dict[str, Any], device: torch.device | str = "cpu"):
-    """The teacher of a reflow config, as an MNISTModel for sampling; refused unless it is a class-conditioned
-    flow model of the student's width (the student starts from its weights)."""
-    from minidiff.mnist_pipeline import load_mnist_model
-
-    teacher = load_mnist_model(cfg["teacher"], device=device)
-    if teacher.kind != "flow" or not teacher.conditional:
-        raise ValueError(f"the teacher {cfg['teacher']!r} is a {teacher.kind}/{teacher.config['arch']} model; "
+def _check_teacher(cfg: dict[str, Any], teacher: dict[str, Any]) -> None:
+    """Refuse a teacher (its config) that is not a class-conditioned flow model of the student's width: the
+    student starts from its weights."""
+    if teacher["kind"] not in ("flow", "reflow") or teacher["arch"] != "class":
+        raise ValueError(f"the teacher {cfg['teacher']!r} is a {teacher['kind']}/{teacher['arch']} model; "
                          "a reflow student needs a class-conditioned flow teacher (e.g. flow-class-ema)")
-    if teacher.config["num_hiddens"] != cfg["num_hiddens"]:
+    if teacher["num_hiddens"] != cfg["num_hiddens"]:
         raise ValueError(f"the student starts from its teacher's weights, so its width must be the teacher's: "
-                         f"D = {teacher.config['num_hiddens']} for {cfg['teacher']!r}, got D = {cfg['num_hiddens']}")
-    return teacher
+                         f"D = {teacher['num_hiddens']} for {cfg['teacher']!r}, got D = {cfg['num_hiddens']}")
 
 
 @torch.inference_mode()
@@ -60,9 +56,10 @@ def teacher_pairs(cfg: dict[str, Any], device: torch.device | str = "cpu",
     sampler (config["sampler"]) at cfg["teacher_steps"] steps and guidance cfg["teacher_guidance"]:
     what ``sample_digits`` returns, before rounding to 8 bits. All three on the CPU.
     """
-    from minidiff.mnist_pipeline import guided_samples, sampler_settings
+    from minidiff.mnist_pipeline import guided_samples, load_mnist_model, sampler_settings
 
-    teacher = _teacher(cfg, device)
+    teacher = load_mnist_model(cfg["teacher"], device=device)
+    _check_teacher(cfg, teacher.config)
     settings = sampler_settings(teacher, steps=cfg["teacher_steps"], guidance=cfg["teacher_guidance"])
     n = cfg["pairs"]
     labels = torch.arange(n) % 10
@@ -78,6 +75,6 @@ def student_from_teacher(cfg: dict[str, Any]) -> nn.Module:
     from minidiff.mnist_pipeline import _resolve
     from minidiff.run_folder import load_checkpoint
 
-    _teacher(cfg)  # refuse a teacher of another kind or width, with its reason
-    net, _ = load_checkpoint(_resolve(cfg["teacher"]))
+    net, teacher = load_checkpoint(_resolve(cfg["teacher"]))
+    _check_teacher(cfg, teacher)
     return net.train()

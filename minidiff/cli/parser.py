@@ -248,7 +248,7 @@ def _add_train(sub) -> None:
                         "or a checkpoint folder of the student's width (default flow-class-ema)")
     q.add_argument("--pairs", type=int, default=None,
                    help="flow-class-1step: how many (noise, digit) pairs the teacher writes, 1..1000000 "
-                        "(default 16000; about 5 min on a 2-core CPU)")
+                        "(default 16000; about 4 min on a 2-core CPU)")
     q.add_argument("--amp", choices=["bf16"], default=None,
                    help="compute forward and loss under bfloat16 autocast (default: float32)")
     q.add_argument("--save-every", type=int, default=None, help="checkpoint every N >= 1 steps (default 500)")
