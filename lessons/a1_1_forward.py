@@ -23,6 +23,7 @@ noise takes over. Denoising is learning to run this backwards.
 from minidiff.course import LessonContext, part_a
 
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("forward",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

@@ -36,6 +36,7 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, value_range: tuple[float, float]) -
     return float(10 * torch.log10((hi - lo) ** 2 / mse))
 
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("blur_denoise",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

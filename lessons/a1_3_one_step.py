@@ -24,6 +24,7 @@ from minidiff.course import IF_PROMPTS, LessonContext, part_a
 from minidiff.samplers import one_step_denoise
 
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("one_step_denoise",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

@@ -29,6 +29,7 @@ from minidiff.filters import gaussian_blur
 from minidiff.samplers import iterative_denoise, one_step_denoise
 
 OPTIONS = ("image", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("iterative_denoise",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

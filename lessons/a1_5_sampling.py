@@ -25,6 +25,7 @@ from minidiff.samplers import iterative_denoise
 
 
 OPTIONS = ("use",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("sample_from_noise",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

@@ -27,6 +27,7 @@ from minidiff.edit import inpaint
 from minidiff.guidance import cfg
 
 OPTIONS = ("image", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("inpaint", "repaint")  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

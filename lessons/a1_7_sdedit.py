@@ -31,6 +31,7 @@ from minidiff.course import I_STARTS, IF_PROMPTS, LessonContext, part_a, save_up
 from minidiff.guidance import cfg
 
 OPTIONS = ("image", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("sdedit",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

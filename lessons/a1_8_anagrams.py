@@ -55,6 +55,7 @@ def upscale(ctx: LessonContext, a, view, first, second, x: torch.Tensor, seed: i
 
 
 OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("anagram_eps",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

@@ -34,6 +34,7 @@ from minidiff.guidance import hybrid
 from minidiff.samplers import iterative_denoise
 
 OPTIONS = ("guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("hybrid_eps",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

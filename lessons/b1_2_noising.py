@@ -28,6 +28,7 @@ from minidiff.course import LessonContext, sample_digits_real
 
 SIGMAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 OPTIONS = ("use",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("add_noise",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

@@ -44,6 +44,7 @@ from minidiff.mnist_pipeline import ddpm_timesteps
 from minidiff.samplers import iterative_denoise
 
 OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("ddpm_sample",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

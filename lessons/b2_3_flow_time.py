@@ -37,6 +37,7 @@ from minidiff.mnist_pipeline import flow_time_grid
 from minidiff.samplers import flow_heun
 
 OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("flow_sample",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

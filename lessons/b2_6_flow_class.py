@@ -33,6 +33,7 @@ from minidiff.mnist_pipeline import class_vectors, flow_time_grid
 from minidiff.samplers import flow_heun
 
 OPTIONS = ("train", "guidance", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("cfg_flow_sample",)  # what --use FILE draws this lesson with: the learner's functions of these names
 
 
 # %% [markdown]

@@ -17,6 +17,9 @@
 # with half the draws at $t = 0$, where a one-step sampler asks. One Euler step $x_0 + u_\theta(x_0, 0, c)$
 # then lands on the teacher's digit, without guidance: one network evaluation of batch $B$, where the
 # teacher spends a guided pair on each of its 9.
+#
+# Exercise B3.1 is this loss: `minidiff exercise B3.1 --out my/` writes the starter of `reflow_loss`,
+# `minidiff check my/b3_1_reflow_loss.py` tests it.
 
 # %%
 """B3 Fewer steps: a digit in one network evaluation.
@@ -29,11 +32,11 @@ line between each pair,
 
     x_t = (1 - t) x0 + t x1,   L = ||u_theta(x_t, t, c) - (x1 - x0)||^2
 
-with half the draws at t = 0. One Euler step x0 + u_theta(x0, 0, c) then makes a digit, without
-guidance. Figures: the training loss; the paths of teacher and student (x_t and x1_hat at each
-step, and how straight each path is); the teacher at 1, 2, 4 and 8 steps beside the student at
-1 and 2 from the same noise; and the frontier: accuracy on both judges and FD against held-out
-digits, against network evaluations per digit.
+with half the draws at t = 0 (exercise B3.1 is this loss). One Euler step x0 + u_theta(x0, 0, c)
+then makes a digit, without guidance. Figures: the training loss; the paths of teacher and
+student (x_t and x1_hat at each step, and how straight each path is); the teacher at 1, 2, 4
+and 8 steps beside the student at 1 and 2 from the same noise; and the frontier: accuracy on
+both judges and FD against held-out digits, against network evaluations per digit.
 """
 
 import matplotlib

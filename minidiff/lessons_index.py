@@ -9,7 +9,9 @@ Some options mean something to some lessons only: ``--image`` to those that star
 picture, ``--guidance`` to those that guide, ``--train`` to the Part B lessons that show a
 trained model, ``--model`` to Part A. A script names the ones it reads in a constant,
 ``OPTIONS = ("image", "guidance")``; giving an option to a lesson that would ignore it is an
-error, never a silent no-op. ``--model`` goes with every Part A lesson.
+error, never a silent no-op. ``--model`` goes with every Part A lesson. A lesson that takes
+``--use FILE`` also names the learner's functions it draws with, ``USES = ("cfg_eps",)``; a file
+of an exercise it does not draw with (a loss, another lesson's method) is refused for the same reason.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class LessonInfo:
     title: str
     path: Path
     options: frozenset[str] = frozenset()
+    uses: tuple[str, ...] = ()  # the learner's functions that --use FILE draws it with (the script's USES)
 
     @property
     def sort_key(self) -> tuple:
@@ -61,12 +64,18 @@ def _title(path: Path) -> str:
     return re.sub(r"^[AB]\d+(\.\d+)*\s*[:.-]?\s*", "", line).removesuffix(".")
 
 
-def _options(path: Path, lesson_id: str) -> frozenset[str]:
-    """The script's OPTIONS constant, read without importing it (so listing stays instant), plus model for Part A."""
+def _constant(tree: ast.Module, name: str) -> tuple:
+    """A tuple constant of the script (OPTIONS, USES), or () where it has none."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+def _options(path: Path, tree: ast.Module, lesson_id: str) -> frozenset[str]:
+    """The script's OPTIONS constant, plus model for Part A."""
     options = {"model"} if lesson_id.startswith("A") else set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OPTIONS" for t in node.targets):
-            options |= set(ast.literal_eval(node.value))
+    options |= set(_constant(tree, "OPTIONS"))
     unknown = options - set(FLAGS)
     if unknown:
         raise RuntimeError(f"{path}: OPTIONS names {sorted(unknown)}; a lesson may read {sorted(FLAGS)}")
@@ -79,7 +88,8 @@ def lesson_info(path: Path) -> LessonInfo:
     lesson_id = _lesson_id(path)
     if lesson_id is None:
         raise ValueError(f"{path.name} is not named like a lesson script (e.g. a1_7_2_inpainting.py)")
-    return LessonInfo(lesson_id, _title(path), path, _options(path, lesson_id))
+    tree = ast.parse(path.read_text(encoding="utf-8"))  # read, not imported, so listing stays instant
+    return LessonInfo(lesson_id, _title(path), path, _options(path, tree, lesson_id), _constant(tree, "USES"))
 
 
 def list_lessons(folder: Path | None = None) -> list[LessonInfo]:
@@ -157,7 +167,7 @@ def run_lesson(info: LessonInfo, out: Path, run=None, **options) -> list[Path]:
     if options.get("use") is not None:
         from minidiff.exercises.lesson_use import learner_functions
 
-        options["use"] = learner_functions(options["use"], info.id)
+        options["use"] = learner_functions(options["use"], info)
     ctx = LessonContext(out=output_dir(Path(out) / info.id), **{k: v for k, v in options.items() if v is not None})
     (run or load_lesson(info).run)(ctx)
     return list(ctx.written)

@@ -392,6 +392,33 @@ def ddpm_sample_last_step_noisy(model, x, timesteps, alphas_cumprod, generator):
     return x
 
 
+def _reflow_times(batch, p_zero, generator, at=0.0):
+    at_zero = torch.rand(batch, generator=generator) < p_zero
+    return torch.where(at_zero, torch.full((batch,), at), torch.rand(batch, generator=generator))
+
+
+def reflow_global_noise(model, x1, x0, c, p_zero, generator):
+    t = _reflow_times(x1.shape[0], p_zero, generator).double()
+    noise = torch.randn_like(x1)  # new noise, from the global RNG: the pair's coupling is lost
+    return F.mse_loss(model((1 - t[:, None, None, None]) * noise + t[:, None, None, None] * x1, t, c), x1 - noise)
+
+
+def reflow_drops_class(model, x1, x0, c, p_zero, generator):
+    t = _reflow_times(x1.shape[0], p_zero, generator).double()
+    c = F.dropout(c, 0.1)  # B2.4's habit carried over
+    return F.mse_loss(model((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1, t, c), x1 - x0)
+
+
+def reflow_ignores_p_zero(model, x1, x0, c, p_zero, generator):
+    t = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype)
+    return F.mse_loss(model((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1, t, c), x1 - x0)
+
+
+def reflow_zero_share_at_one(model, x1, x0, c, p_zero, generator):
+    t = _reflow_times(x1.shape[0], p_zero, generator, at=1.0).double()
+    return F.mse_loss(model((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1, t, c), x1 - x0)
+
+
 WRONG = [
     ("A1.1", "missing-sqrt", {"forward": forward_no_sqrt}),
     ("A1.1", "noise-wrong-side", {"forward": forward_noise_wrong_side}),
@@ -441,6 +468,10 @@ WRONG = [
     ("B2.4", "entrywise-dropout", {"class_flow_loss": class_loss_f_dropout}),
     ("B2.6", "difference-reversed", {"cfg_flow_sample": cfg_sample_reversed}),
     ("B2.6", "uncond-not-zero", {"cfg_flow_sample": cfg_sample_uncond_is_cond}),
+    ("B3.1", "fresh-noise", {"reflow_loss": reflow_global_noise}),
+    ("B3.1", "class-dropped", {"reflow_loss": reflow_drops_class}),
+    ("B3.1", "no-zero-share", {"reflow_loss": reflow_ignores_p_zero}),
+    ("B3.1", "t-at-one", {"reflow_loss": reflow_zero_share_at_one}),
 ]
 
 

@@ -115,8 +115,32 @@ def test_flow_sampling_is_drawn_by_the_learners_euler(tmp_path, lesson, name, fi
     assert np.abs(wrong - minidiffs).mean() > 1.0, "a wrong function drew the same figure: --use was not used"
 
 
+def test_each_lesson_says_which_functions_it_draws_with_and_reads_every_one():
+    """A lesson takes --use exactly when its USES names functions; each is read in its script as
+    ctx.use's key and is a name of an exercise of that lesson, so no exercise file passes unread."""
+    import re
+
+    from minidiff.exercises import EXERCISES
+    from minidiff.lessons_index import list_lessons
+
+    lessons = list_lessons()
+    assert sum(bool(info.uses) for info in lessons) == 14
+    for info in lessons:
+        assert ("use" in info.options) == bool(info.uses), info.id
+        source = info.path.read_text()
+        for name in info.uses:
+            assert re.search(rf"ctx\.use(\.get\(|\[)\"{name}\"|\"{name}\" in ctx\.use", source), (info.id, name)
+            assert any(name in e.names and e.lesson == info.id for e in EXERCISES.values()), (info.id, name)
+
+
 @pytest.mark.parametrize("lesson, which, message", [
-    ("A1.1", "cfg", r"exercise A1\.6, which lesson A1\.6 draws: run minidiff lesson A1\.6 --use"),
+    ("A1.1", "cfg", r"is exercise A1\.6; lesson A1\.1 draws with forward \(exercise A1\.1\); run minidiff lesson A1\.6 "
+                    r"--use"),
+    # a loss no lesson trains with is refused, never run past: the lesson would draw with minidiff's own functions
+    ("B2.3", "loss", r"is exercise B2\.2; lesson B2\.3 draws with flow_sample \(exercise B2\.3\); no lesson draws with "
+                     r"flow_loss: minidiff check .*flow_loss\.py tests it"),
+    ("B2.6", "reflow", r"is exercise B3\.1; lesson B2\.6 draws with cfg_flow_sample \(exercise B2\.6\); no lesson "
+                       r"draws with reflow_loss"),
     ("A0", "cfg", r"lesson A0 does not use --use; the lessons that do: A1\.1, A1\.2, A1\.3, A1\.4, A1\.5, "
                   r"A1\.6, A1\.7, A1\.7\.2, A1\.8, A1\.9, B1\.2, B2\.3, B2\.3\.1, B2\.6"),
     ("all", "cfg", r"--use draws one lesson"),
@@ -130,7 +154,10 @@ def test_a_wrong_use_is_one_line(tmp_path, capsys, lesson, which, message):
 
     path = {"cfg": lambda: _learner_file(tmp_path, "A1.6", "cfg_eps", None),
             "starter": lambda: write_starter("A1.1", tmp_path),
+            "loss": lambda: _learner_file(tmp_path, "B2.2", "flow_loss", None),
+            "reflow": lambda: _learner_file(tmp_path, "B3.1", "reflow_loss", None),
             "missing": lambda: tmp_path / "nowhere.py"}[which]()
-    assert main(["lesson", lesson, "--quick", "--model", "mnist", "--out", str(tmp_path / "o"), "--use", str(path)]) == 2
+    model = ["--model", "mnist"] if lesson[0] in "Aa" else []
+    assert main(["lesson", lesson, "--quick", *model, "--out", str(tmp_path / "o"), "--use", str(path)]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and err.count("\n") == 1 and "Traceback" not in err, err

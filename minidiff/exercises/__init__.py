@@ -34,6 +34,7 @@ Where an exercise's starter, checks and mistakes are, by its id:
     B2.2, B2.3             b2_flow       the flow-matching loss, Euler sampling
     B2.3.1                 b2_ddpm       DDPM for digits
     B2.4, B2.6             b2_class      class dropout, CFG sampling
+    B3.1                   b3_reflow     reflow: the flow loss on a teacher's pairs
 
 beside what they stand on: ``harness`` (watched calls, verdicts, ``@check``, hypothesis),
 ``fixtures`` (tiny data sets, schedules, strategies and the helpers several exercises share),
@@ -73,6 +74,7 @@ from minidiff.exercises.b2_class import B2_4, B2_6
 from minidiff.exercises.b2_condition import B2_1
 from minidiff.exercises.b2_ddpm import B2_3_1
 from minidiff.exercises.b2_flow import B2_2, B2_3
+from minidiff.exercises.b3_reflow import B3_1
 from minidiff.exercises.harness import Check, CheckFailed, CheckTimeout, Exercise, Mistake, run_limited
 from minidiff.exercises.runner import TIME_LIMIT, CheckResult, Report, run_checks
 
@@ -85,7 +87,7 @@ __all__ = [
 
 EXERCISES: dict[str, Exercise] = {ex.id: ex for ex in (  # in the course's order
     A1_1, A1_2, A1_3, A1_4, A1_5, A1_6, A1_7, A1_7_2, A1_7_2B, A1_8, A1_9,
-    B1_1, B1_2, B1_2_1, B2_1, B2_2, B2_3, B2_3_1, B2_4, B2_6,
+    B1_1, B1_2, B1_2_1, B2_1, B2_2, B2_3, B2_3_1, B2_4, B2_6, B3_1,
 )}
 RECORD_FILE = ".minidiff-checks.json"  # beside the learner's files: what the last check of each said
 

@@ -12,7 +12,7 @@ from minidiff.exercises.fixtures import FLOW, SpyModel, first_model_call, labell
 from minidiff.exercises.harness import Mistake, call, check, expect, expect_close
 from minidiff.exercises.starters import NOT_YET, exercise
 
-__all__ = ["B2_4", "B2_6"]
+__all__ = ["B2_4", "B2_6", "class_batch", "class_model"]
 
 
 # ========================================================================================
@@ -20,23 +20,24 @@ __all__ = ["B2_4", "B2_6"]
 # ========================================================================================
 
 
-def _class_batch(batch, seed, k=10):
+def class_batch(batch, seed, k=10):
+    """(x1, x0, t, c): flow_batch's 3 x 3 digits, noise and times, and one-hot classes 0, 1, ..., k - 1, 0, ..."""
     x1, x0, t = flow_batch(batch, seed, side=3)
     labels = torch.arange(batch) % k
     return x1, x0, t, F.one_hot(labels, k).double()
 
 
-def _class_model(x, t, c):
+def class_model(x, t, c):
     """A stand-in class-conditional velocity: u = 0.3 x_t + t + 0.1 (class index + 1), 0 for no class."""
     idx = (c * torch.arange(1, c.shape[1] + 1, dtype=c.dtype)).sum(1)
     return 0.3 * x + (t.to(x.dtype) + 0.1 * idx.to(x.dtype)).reshape(-1, 1, 1, 1)
 
 
 def _class_run(class_flow_loss, batch, p, seed):
-    x1, x0, t, c = _class_batch(batch, seed)
+    x1, x0, t, c = class_batch(batch, seed)
     inputs = f"p_uncond = {p}, a batch of {batch}, generator seed {seed}"
     args = (x1, c, x0, t, p, torch.Generator().manual_seed(seed))
-    loss, first = first_model_call(class_flow_loss, _class_model, args, inputs)
+    loss, first = first_model_call(class_flow_loss, class_model, args, inputs)
     x_seen, t_seen, c_seen = first[:3]
     return x1, x0, t, c, loss, x_seen, t_seen, c_seen, inputs
 
@@ -102,8 +103,8 @@ def check_class_loss_value(class_flow_loss, seed):
     Hint: The loss is B2.2's flow loss, with the (partly dropped) class vectors passed to the model.
     """
     x1, x0, t, _, loss, x_seen, t_seen, c_seen, inputs = _class_run(class_flow_loss, 16, 0.3, seed)
-    want = F.mse_loss(_class_model(x_seen, t_seen, c_seen), x1 - x0)
-    reversed_target = bool(torch.allclose(loss, F.mse_loss(_class_model(x_seen, t_seen, c_seen), x0 - x1)))
+    want = F.mse_loss(class_model(x_seen, t_seen, c_seen), x1 - x0)
+    reversed_target = bool(torch.allclose(loss, F.mse_loss(class_model(x_seen, t_seen, c_seen), x0 - x1)))
     expect_close(loss, want, "the loss", atol=1e-9, inputs=inputs,
                  hint="The target is the path's velocity x1 - x0, as in B2.2." if reversed_target else None,
                  key="target-reversed" if reversed_target else None)
@@ -116,11 +117,11 @@ def check_class_matches(class_flow_loss, case):
     Hint: Draw keep with one torch.rand(B, generator=generator) call, then drop, then the flow loss.
     """
     p, seed = case
-    x1, x0, t, c = _class_batch(8, seed)
+    x1, x0, t, c = class_batch(8, seed)
     inputs = f"p_uncond = {p}, a batch of 8, generator seed {seed}"
-    loss = call(class_flow_loss, _class_model, x1, c, x0, t, p, torch.Generator().manual_seed(seed), scalar=True,
+    loss = call(class_flow_loss, class_model, x1, c, x0, t, p, torch.Generator().manual_seed(seed), scalar=True,
                 inputs=inputs)
-    want = R.class_flow_loss(_class_model, x1, c, x0, t, p, torch.Generator().manual_seed(seed))
+    want = R.class_flow_loss(class_model, x1, c, x0, t, p, torch.Generator().manual_seed(seed))
     expect_close(loss, want, "the loss", atol=1e-9, inputs=inputs)
 
 

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+from minidiff.lessons_index import LessonInfo
+
 __all__ = ["learner_functions", "eps_denoiser", "cfg_denoiser", "anagram_denoiser", "hybrid_denoiser"]
 
 
@@ -44,19 +46,25 @@ def _watched(fn: Callable, name: str, path: Path) -> Callable:
     return call
 
 
-def learner_functions(path: str | Path, lesson_id: str) -> dict[str, Callable]:
-    """The learner's functions of ``path``, by name, for lesson ``lesson_id``.
+def learner_functions(path: str | Path, lesson: LessonInfo) -> dict[str, Callable]:
+    """The learner's functions of ``path``, by name, for ``lesson``.
 
-    ValueError when the file is another lesson's exercise, does not import or lacks a name;
+    ValueError when the file is not an exercise the lesson draws with (``lesson.uses``: another
+    lesson's, or a loss no lesson trains with), does not import or lacks a name;
     FileNotFoundError when there is no such file.
     """
-    from minidiff.exercises import load_file
+    from minidiff.exercises import EXERCISES, load_file
+    from minidiff.lessons_index import list_lessons
 
     path = Path(path)
     ex, found = load_file(path)
-    if ex.lesson != lesson_id:
-        raise ValueError(f"{path} is exercise {ex.id}, which lesson {ex.lesson} draws: run "
-                         f"minidiff lesson {ex.lesson} --use {path}")
+    if not set(ex.names) & set(lesson.uses):
+        wanted = [e.id for e in EXERCISES.values() if set(e.names) & set(lesson.uses)]
+        drawn_by = [i.id for i in list_lessons() if set(i.uses) & set(ex.names)]
+        where = (f"run minidiff lesson {drawn_by[0]} --use {path}" if drawn_by else
+                 f"no lesson draws with {', '.join(ex.names)}: minidiff check {path} tests it")
+        raise ValueError(f"{path} is exercise {ex.id}; lesson {lesson.id} draws with {' or '.join(lesson.uses)} "
+                         f"(exercise {' or '.join(wanted)}); {where}")
     if isinstance(found, str):
         raise ValueError(f"{found} (minidiff check {path} says more)")
     return {name: _watched(fn, name, path) for name, fn in found.items()}

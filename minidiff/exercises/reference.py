@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from minidiff import edit, guidance, samplers
+from minidiff import edit, guidance, losses, samplers
 from minidiff.filters import gaussian_blur
 from minidiff.models import mnist
 from minidiff.schedule import DDPMSchedule, FlowSchedule
@@ -229,3 +229,11 @@ def ddpm_sample(model: Callable, x: torch.Tensor, timesteps: Sequence[int], alph
     schedule = schedule_for(alphas_cumprod)
     den = lambda x_t, t: model(x_t, mnist.unet_time(t, schedule))  # noqa: E731
     return samplers.iterative_denoise(den, x, schedule, list(timesteps), 0, generator, progress=False)
+
+
+def reflow_loss(model: Callable, x1: torch.Tensor, x0: torch.Tensor, c: torch.Tensor, p_zero: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """B3.1: the flow loss on a teacher's pairs (x0, x1), t = 0 in a share p_zero of the draws
+    (minidiff.losses.reflow_example)."""
+    (x_t, t, c_in), u = losses.reflow_example(FLOW, x1, x0, c, generator, p_zero)
+    return F.mse_loss(model(x_t, t, c_in), u)
