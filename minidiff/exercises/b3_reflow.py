@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minidiff.exercises import reference as R
@@ -20,13 +19,13 @@ __all__ = ["B3_1"]
 # ========================================================================================
 
 
-def _reflow_with(times, target=lambda x1, x0: x1 - x0, noise=None, drop=0.0, reduce=lambda d: (d**2).mean()):
+def _reflow_with(times, target=lambda x1, x0: x1 - x0, fresh_noise=False, drop=0.0, reduce=lambda d: (d**2).mean()):
     """A wrong reflow_loss: t from times(B, p_zero, generator), then (optionally) fresh noise and
     class dropout drawn from the same generator, the path, the target and the reduction."""
 
     def reflow_loss(model, x1, x0, c, p_zero, generator):
         t = times(x1.shape[0], p_zero, generator)
-        if noise is not None:
+        if fresh_noise:
             x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype)
         if drop:
             c = c * (torch.rand(c.shape[0], generator=generator) >= drop).to(c.dtype)[:, None]
@@ -51,7 +50,7 @@ REFLOW_MISTAKES = (
     Mistake("fresh-noise", "reflow_loss",
             "The pairs are coupled: x0 is the noise the teacher started from and x1 where its sampler ended. Fresh "
             "noise makes this plain flow matching again, whose lines from noise to digits cross; use the x0 given.",
-            _reflow_with(_times(), noise=True)),
+            _reflow_with(_times(), fresh_noise=True)),
     Mistake("class-dropped", "reflow_loss",
             "Reflow keeps every class vector: the student learns the teacher's guided map and samples without "
             "guidance, so it needs no unconditional model.",
