@@ -19,7 +19,8 @@
 # teacher spends a guided pair on each of its 9.
 #
 # Exercise B3.1 is this loss: `minidiff exercise B3.1 --out my/` writes the starter of `reflow_loss`,
-# `minidiff check my/b3_1_reflow_loss.py` tests it.
+# `minidiff check my/b3_1_reflow_loss.py` tests it, and `minidiff lesson B3 --use my/b3_1_reflow_loss.py`
+# trains with it.
 
 # %%
 """B3 Fewer steps: a digit in one network evaluation.
@@ -35,7 +36,8 @@ line between each pair,
 with half the draws at t = 0 (exercise B3.1 is this loss). One Euler step x0 + u_theta(x0, 0, c)
 then makes a digit, without guidance. Figures: the training loss; the paths of teacher and
 student (x_t and x1_hat at each step, and how straight each path is); the teacher at 1, 2, 4
-and 8 steps beside the student at 1 and 2 from the same noise; and the frontier: accuracy on
+and 8 steps beside the student at 1 and 2 from the same noise; the teacher's weights trained a
+few steps with the reflow loss (yours with --use), then one step; and the frontier: accuracy on
 both judges and FD against held-out digits, against network evaluations per digit.
 """
 
@@ -50,7 +52,8 @@ from minidiff.metrics import frechet_distance, judge_accuracy, judge_features
 from minidiff.mnist_pipeline import class_vectors, flow_time_grid, load_mnist_model
 from minidiff.samplers import flow_euler
 
-OPTIONS = ("train",)  # the optional flags this lesson reads (see minidiff.lessons_index)
+OPTIONS = ("train", "use")  # the optional flags this lesson reads (see minidiff.lessons_index)
+USES = ("reflow_loss",)  # what --use FILE draws this lesson with: the learner's functions of these names
 JUDGES = ("judge", "judge2")
 
 
@@ -63,6 +66,9 @@ JUDGES = ("judge", "judge2")
 # reads as the class asked for and the Frechet distance in each judge's features to held-out digits,
 # divided by the distance between two real samples (the floor); without MNIST here, or in quick mode, the
 # reference is the 40 test digits that ship with minidiff and the distance is not divided.
+# `fine_tune.png` makes a student of its own: the teacher's weights, trained for a few steps with the
+# reflow loss on fresh teacher pairs, then one step from the same noise as `steps.png`. With `--use FILE`
+# your `reflow_loss` of exercise B3.1 trains it: a loss that equals minidiff's draws the same figure.
 
 
 # %%
@@ -136,6 +142,48 @@ def _frontier(ctx: LessonContext, teacher, student, guidance: float) -> None:
     plt.close(fig)
 
 
+def _fine_tune(ctx: LessonContext, student, noise: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
+               teacher_one_step: torch.Tensor) -> None:
+    """fine_tune.png: the teacher's weights trained a few steps with the reflow loss (the learner's with --use) on
+    pairs of their own, then one step from `noise`, beside the teacher's digits `target` and its own one step."""
+    from minidiff.distill import student_from_teacher, teacher_pairs
+    from minidiff.exercises.reference import reflow_loss as minidiffs_loss
+
+    reflow_loss = ctx.use.get("reflow_loss", minidiffs_loss)  # --use FILE: the learner's (exercise B3.1)
+    steps, batch, pairs = (10, 32, 64) if ctx.quick else (60, 64, 512)  # the pairs cost the most: 9 calls each
+    config = {**student.config, "seed": ctx.seed + 2, "pairs": pairs}
+    if ctx.quick:
+        config["teacher_steps"] = 2
+    x1, y, x0 = (a.to(ctx.device) for a in teacher_pairs(config, ctx.device, progress=False))
+    c = class_vectors(y, ctx.device)
+    net = student_from_teacher(config).to(ctx.device)  # a fresh copy of the teacher, in training mode
+    opt = torch.optim.Adam(net.parameters(), lr=config["lr"])
+    generator = ctx.generator(3)  # the draws of t, which a loss equal to minidiff's makes in the same order
+    losses = []
+    for i in range(steps):
+        rows = (torch.arange(batch) + i * batch) % pairs  # the pairs in turn, again and again
+        loss = reflow_loss(net, x1[rows], x0[rows], c[rows], config["p_zero"], generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        net.eval()
+        zero = torch.zeros(noise.shape[0], device=ctx.device)
+        one_step = (noise + net(noise, zero, class_vectors(labels, ctx.device))).clamp(0, 1).cpu()  # x0 + u(x0, 0, c)
+    distance = float(((one_step - target) ** 2).mean())
+    whose = "your reflow_loss" if ctx.use else "minidiff's reflow_loss"
+    ctx.say(f"{steps} steps of {whose}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; one step lands {distance:.4f} "
+            f"(mean squared) from the teacher's digits, the teacher's own one step "
+            f"{float(((teacher_one_step - target) ** 2).mean()):.4f}")
+    ctx.save_rows("fine_tune.png", [list(target), list(teacher_one_step), list(one_step)],
+                  [[str(int(d)) for d in labels], [], []],
+                  ["teacher,\n8 steps", "teacher,\n1 step", f"after {steps} steps\nof reflow, 1 step"],
+                  value_range=(0.0, 1.0), cell=1.2,
+                  suptitle=f"the teacher's weights trained {steps} steps of {batch} of {pairs} pairs with the reflow "
+                           f"loss: one step lands {distance:.4f} from the teacher's digits (mean squared)")
+
+
 def run(ctx: LessonContext) -> None:
     run_dir = part_b_run(ctx, "flow-class-1step")
     save_loss(ctx, run_dir, "reflow distillation")
@@ -167,18 +215,20 @@ def run(ctx: LessonContext) -> None:
                            f"{s_teacher:.3f}, student {s_student:.3f} (0: straight)")
 
     # The same noise through the teacher at 1, 2, 4, 8 steps and the student at 1 and 2.
-    rows, row_labels = [], []
+    rows, row_labels, shown_x = [], [], {}
     for name, model, den, counts in (("teacher", teacher, teacher_den, (1, 2, 4, 8)),
                                      ("student", student, student_den, (1, 2))):
         for n in counts:
             x = flow_euler(den(labels), noise, model.schedule, flow_time_grid(n), progress=False).clamp(0, 1).cpu()
             rows.append(list(x))
             row_labels.append(f"{name}, {n} step{'s' * (n > 1)}\n{judge_says(x, labels)}")
+            shown_x[name, n] = x
     ctx.save_rows("steps.png", rows, [[str(d) for d in range(10)]] + [[] for _ in rows[1:]], row_labels,
                   value_range=(0.0, 1.0), cell=1.2,
                   suptitle=f"Euler from the same noise in each column: teacher guided at {guidance:g} "
                            "(one batched pair per step), student unguided (one call per step)")
 
+    _fine_tune(ctx, student, noise, labels, shown_x["teacher", 8], shown_x["teacher", 1])
     _frontier(ctx, teacher, student, guidance)
 
 

@@ -40,6 +40,8 @@ CASES = [
      "return (predict_a(x_t) + predict_b(view(x_t))) / 2  # B's prediction not flipped back"),
     ("A1.9", "A1.9", "hybrid_eps", "hybrids.png", "return eps_a  # no high frequencies of eps_b"),
     ("B1.2", "B1.2", "add_noise", "noising.png", "return (1 - sigma) * x + sigma * noise  # the image faded too"),
+    ("B3", "B3.1", "reflow_loss", "fine_tune.png",
+     "return R.reflow_loss(model, x1, torch.randn_like(x0), c, p_zero, generator)  # new noise: the pairs uncoupled"),
     ("B2.3.1", "B2.3.1", "ddpm_sample", "samples_by_epoch.png",
      "return R.ddpm_sample(lambda x_t, s: model(x_t, s * 300), x, timesteps, alphas_cumprod, generator)"
      "  # t, not t / T"),
@@ -124,7 +126,7 @@ def test_each_lesson_says_which_functions_it_draws_with_and_reads_every_one():
     from minidiff.lessons_index import list_lessons
 
     lessons = list_lessons()
-    assert sum(bool(info.uses) for info in lessons) == 14
+    assert sum(bool(info.uses) for info in lessons) == 15
     for info in lessons:
         assert ("use" in info.options) == bool(info.uses), info.id
         source = info.path.read_text()
@@ -139,10 +141,10 @@ def test_each_lesson_says_which_functions_it_draws_with_and_reads_every_one():
     # a loss no lesson trains with is refused, never run past: the lesson would draw with minidiff's own functions
     ("B2.3", "loss", r"is exercise B2\.2; lesson B2\.3 draws with flow_sample \(exercise B2\.3\); no lesson draws with "
                      r"flow_loss: minidiff check .*flow_loss\.py tests it"),
-    ("B2.6", "reflow", r"is exercise B3\.1; lesson B2\.6 draws with cfg_flow_sample \(exercise B2\.6\); no lesson "
-                       r"draws with reflow_loss"),
+    ("B2.6", "reflow", r"is exercise B3\.1; lesson B2\.6 draws with cfg_flow_sample \(exercise B2\.6\); run "
+                       r"minidiff lesson B3 --use"),
     ("A0", "cfg", r"lesson A0 does not use --use; the lessons that do: A1\.1, A1\.2, A1\.3, A1\.4, A1\.5, "
-                  r"A1\.6, A1\.7, A1\.7\.2, A1\.8, A1\.9, B1\.2, B2\.3, B2\.3\.1, B2\.6"),
+                  r"A1\.6, A1\.7, A1\.7\.2, A1\.8, A1\.9, B1\.2, B2\.3, B2\.3\.1, B2\.6, B3"),
     ("all", "cfg", r"--use draws one lesson"),
     ("A1.1", "starter", r"forward in .* is not implemented yet"),
     ("A1.1", "missing", r"no file"),

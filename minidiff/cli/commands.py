@@ -28,8 +28,8 @@ def lessons(args: argparse.Namespace) -> int:
 
 
 def _how_long(args: argparse.Namespace) -> str:
-    """What `lesson all` costs on the MNIST path, as measured on an otherwise idle 2-core CPU: 67 s for the 22
-    lessons (the README's "Measured" table; 95 s in an earlier measurement of the first 21), and about 60 s
+    """What `lesson all` costs on the MNIST path, as measured on an otherwise idle 2-core CPU: 91 s for the 22
+    lessons (the README's "Measured" table; 67 s before B3's fine_tune.png, 95 s for the first 21), and about 60 s
     with --quick (97 s of CPU time on 2 threads, before B3's few seconds). A busy machine takes longer (16 min
     with four other jobs on the 2 cores); the last line says what it took."""
     took = "about 1 minute on a 2-core CPU in quick mode" if args.quick else "1 to 2 minutes on a 2-core CPU"

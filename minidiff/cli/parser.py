@@ -134,7 +134,7 @@ def add_lesson_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use", type=nonempty, default=None, metavar="FILE",
                    help="your exercise file (minidiff exercise ID): the lesson draws its figures with your "
                         "function in place of minidiff's (A1.1-A1.6, A1.7, A1.7.2, A1.8, A1.9, B1.2, B2.3, "
-                        "B2.3.1, B2.6)")
+                        "B2.3.1, B2.6; B3 trains a student a few steps with your reflow_loss)")
 
 
 def _add_lessons(sub) -> None:
