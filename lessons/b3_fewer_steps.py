@@ -163,6 +163,11 @@ def _fine_tune(ctx: LessonContext, student, noise: torch.Tensor, labels: torch.T
     for i in range(steps):
         rows = (torch.arange(batch) + i * batch) % pairs  # the pairs in turn, again and again
         loss = reflow_loss(net, x1[rows], x0[rows], c[rows], config["p_zero"], generator)
+        if not (isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.requires_grad):  # backward() needs one
+            got = (type(loss).__name__ if not isinstance(loss, torch.Tensor) else
+                   f"a tensor of shape {tuple(loss.shape)}" + ("" if loss.requires_grad else " without a gradient"))
+            raise RuntimeError(f"your reflow_loss returned {got}; it returns the loss, a 0-d tensor computed from "
+                               "the model's output (minidiff check <your file> says more)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

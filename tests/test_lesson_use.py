@@ -147,6 +147,7 @@ def test_each_lesson_says_which_functions_it_draws_with_and_reads_every_one():
                   r"A1\.6, A1\.7, A1\.7\.2, A1\.8, A1\.9, B1\.2, B2\.3, B2\.3\.1, B2\.6, B3"),
     ("all", "cfg", r"--use draws one lesson"),
     ("A1.1", "starter", r"forward in .* is not implemented yet"),
+    ("B3", "float loss", r"your reflow_loss returned float; it returns the loss, a 0-d tensor"),
     ("A1.1", "missing", r"no file"),
 ])
 def test_a_wrong_use_is_one_line(tmp_path, capsys, lesson, which, message):
@@ -158,6 +159,7 @@ def test_a_wrong_use_is_one_line(tmp_path, capsys, lesson, which, message):
             "starter": lambda: write_starter("A1.1", tmp_path),
             "loss": lambda: _learner_file(tmp_path, "B2.2", "flow_loss", None),
             "reflow": lambda: _learner_file(tmp_path, "B3.1", "reflow_loss", None),
+            "float loss": lambda: _learner_file(tmp_path, "B3.1", "reflow_loss", "return 0.5"),
             "missing": lambda: tmp_path / "nowhere.py"}[which]()
     model = ["--model", "mnist"] if lesson[0] in "Aa" else []
     assert main(["lesson", lesson, "--quick", *model, "--out", str(tmp_path / "o"), "--use", str(path)]) == 2
