@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Processes", "from_environment", "start", "stop", "rows", "mean_over_processes", "GlobalBatchNorm2d",
+__all__ = ["Processes", "from_environment", "start", "stop", "finish_together", "rows", "mean_over_processes", "GlobalBatchNorm2d",
            "use_global_batchnorm", "TIMEOUT"]
 
 TIMEOUT = timedelta(minutes=5)  # how long a process waits for the others at a collective before it fails
@@ -88,6 +88,17 @@ def stop() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish_together(procs: Processes) -> None:
+    """Wait here until every process has finished its work (rank 0 saves the model while the others are done).
+
+    A process that leaves the group closes its connections; gloo can answer a peer that closes
+    while it still works by aborting (SIGABRT), so after a run that succeeded none leaves first.
+    Not after a failure: the others may never arrive, and stop() alone must let the process go.
+    """
+    if procs.parallel:
+        dist.barrier()
 
 
 def rows(procs: Processes, batch: int) -> slice | None:

@@ -189,8 +189,10 @@ def train(cfg: dict[str, Any], out: str | os.PathLike, data: tuple[torch.Tensor,
         # Rank 0 alone writes, so it alone owns the folder; the others only train.
         owned = owned_run_folder(out, command) if procs.is_main else contextlib.nullcontext(Path(out))
         with owned as folder:
-            return _train(cfg, folder, data, resume, device, progress, max_steps, command, overwrite, amp, procs,
-                          on_epoch, on_end)
+            model = _train(cfg, folder, data, resume, device, progress, max_steps, command, overwrite, amp, procs,
+                           on_epoch, on_end)
+        distributed.finish_together(procs)
+        return model
     finally:
         distributed.stop()
 

@@ -24,7 +24,7 @@ from minidiff import train as T
 from minidiff.run_folder import read_loss_log
 
 CHILD = textwrap.dedent('''
-    import json, os, sys
+    import json, os, sys, time
     import torch
     import minidiff.train as T
 
@@ -46,8 +46,11 @@ CHILD = textwrap.dedent('''
     T.batch_loss = spy
     cfg = T.recipe_config("flow-class", num_hiddens=4, epochs=2, batch_size=16, save_every=4, snapshot_epochs=[])
     T.train(cfg, out, data=(x, y), progress=False, max_steps=steps or None, resume=resume)
+    returned = time.time()
     with open(os.path.join(out, f"seen_{rank}.json"), "w") as f:
         json.dump(seen, f)
+    with open(os.path.join(out, f"returned_{rank}.json"), "w") as f:
+        json.dump(returned, f)
 ''')
 
 
@@ -127,10 +130,19 @@ def test_only_rank_0_writes(one_and_two):
     assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
 
 
+def test_no_process_leaves_before_rank_0_has_saved_the_run(one_and_two):
+    """train() returns on every rank only after rank 0 wrote the model and its loss plot: a process that left
+    the group earlier would close its connections under a peer still at work, which gloo may answer with SIGABRT."""
+    saved = max((one_and_two / "p2" / name).stat().st_mtime for name in ("model.safetensors", "loss.png"))
+    for rank in (0, 1):
+        assert json.loads((one_and_two / "p2" / f"returned_{rank}.json").read_text()) >= saved
+
+
 def test_two_processes_resume_exactly(tmp_path, one_and_two):
     """Stopped after the step-4 checkpoint and resumed on two processes: the uninterrupted run, bit for bit."""
     out = tmp_path / "r"
-    assert _run(tmp_path, out, 2, steps=4).returncode == 0
+    first = _run(tmp_path, out, 2, steps=4)
+    assert first.returncode == 0, first.stderr[-3000:]
     done = _run(tmp_path, out, 2, resume=True)
     assert done.returncode == 0, done.stderr[-3000:]
     full, resumed = load_file(str(one_and_two / "p2" / "model.safetensors")), load_file(str(out / "model.safetensors"))
@@ -140,7 +152,8 @@ def test_two_processes_resume_exactly(tmp_path, one_and_two):
 
 def test_a_process_that_dies_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     out = tmp_path / "d"
-    assert _run(tmp_path, out, 2, steps=4).returncode == 0
+    first = _run(tmp_path, out, 2, steps=4)
+    assert first.returncode == 0, first.stderr[-3000:]
     before = (out / "model.safetensors").read_bytes()
     t0 = time.perf_counter()
     done = _run(tmp_path, out, 2, resume=True, env={"FAIL_AT_STEP": "1"})
