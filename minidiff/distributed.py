@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Processes", "from_environment", "start", "stop", "finish_together", "rows", "mean_over_processes", "GlobalBatchNorm2d",
-           "use_global_batchnorm", "TIMEOUT"]
+__all__ = ["Processes", "from_environment", "start", "stop", "finish_together", "rows", "mean_over_processes",
+           "GlobalBatchNorm2d", "use_global_batchnorm", "TIMEOUT"]
 
 TIMEOUT = timedelta(minutes=5)  # how long a process waits for the others at a collective before it fails
 
